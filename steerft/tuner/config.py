@@ -1,0 +1,105 @@
+"""`SteerConfig`: the PEFT config of a steering-vector adapter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from peft.config import PeftConfig
+
+from .register import STEER_PEFT_TYPE
+
+POSITIONS = ("all", "prompt", "completion")
+OPERATORS = ("add", "ablate", "ablate_add")
+INITS = ("zeros", "random", "given")
+
+VectorLike = Union[torch.Tensor, Sequence[float]]
+
+
+@dataclass
+class SteerConfig(PeftConfig):
+    """A steering vector added to (or projected out of) the residual stream.
+
+    The site is the output of each decoder block in `layers`, i.e. what `output_hidden_states[L + 1]`
+    reports. Training learns the vector; `multiplier` scales it at inference and can be changed
+    without reloading (`model.set_multiplier`).
+
+    operator:
+        "add":        h + m * v
+        "ablate":     h - m * (h . u) u,  u = v / |v|   (m = 1 removes the direction; exact
+                      weight-orthogonalisation when every block is ablated)
+        "ablate_add": h - (h . u) u + m * v              (sets the component along u to m |v|)
+    init: "zeros" (the adapter starts exactly at the base model), "random" (a random unit vector), or
+        given vectors: one tensor for every layer, or a mapping layer -> tensor. Given vectors are not
+        written into `adapter_config.json`; they live in the adapter weights.
+    """
+
+    layers: Union[int, list[int]] = field(default_factory=lambda: [12], metadata={"help": "Block indices; negative counts from the end."})
+    positions: str = field(default="all", metadata={"help": f"Which tokens are steered: one of {POSITIONS}."})
+    multiplier: float = field(default=1.0, metadata={"help": "Scale of the vector at inference."})
+    operator: str = field(default="add", metadata={"help": f"One of {OPERATORS}."})
+    init: Any = field(default="zeros", metadata={"help": "'zeros', 'random', or vectors per layer."})
+    trainable: bool = field(default=True, metadata={"help": "Whether the vectors receive gradients."})
+    blocks_path: Union[str, None] = field(default=None, metadata={"help": "Dotted path of the decoder block list, for unknown architectures."})
+
+    def __post_init__(self) -> None:
+        if self.task_type is None:
+            self.task_type = "CAUSAL_LM"  # PeftModelForCausalLM gives generate() and TRL's trainers expect it
+        super().__post_init__()
+        self.peft_type = STEER_PEFT_TYPE
+        self.layers = _check_layers(self.layers)
+        _check_choice("positions", self.positions, POSITIONS)
+        _check_choice("operator", self.operator, OPERATORS)
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not math.isfinite(self.multiplier):
+            raise ValueError(f"SteerConfig.multiplier must be a finite number, got {self.multiplier!r}.")
+        self.multiplier = float(self.multiplier)
+        # Not a dataclass field: given vectors travel in the adapter weights, never in adapter_config.json.
+        self.given_vectors: dict[int, torch.Tensor] = {}
+        if isinstance(self.init, str):
+            _check_choice("init", self.init, INITS)
+        else:
+            self.given_vectors = _check_vectors(self.init, self.layers)
+            self.init = "given"
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"SteerConfig.{name}={value!r} is not supported; allowed values: {', '.join(allowed)}.")
+
+
+def _check_layers(layers: Any) -> list[int]:
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if (
+        not isinstance(layers, (list, tuple))
+        or not layers
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+    ):
+        raise ValueError(f"SteerConfig.layers must be an int or a non-empty list of ints (block indices), got {layers!r}.")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"SteerConfig.layers has repeated entries: {list(layers)}.")
+    return list(layers)
+
+
+def _check_vectors(init: Any, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Normalise given vectors to {layer: 1-D float tensor}, refusing non-finite values."""
+    if isinstance(init, Mapping):
+        vectors = {int(k): v for k, v in init.items()}
+        if set(vectors) != set(layers):
+            raise ValueError(
+                f"SteerConfig.init gives vectors for layers {sorted(vectors)} but layers={layers}; give one per layer."
+            )
+    else:
+        vectors = {layer: init for layer in layers}
+    checked = {}
+    for layer, vector in vectors.items():
+        tensor = torch.as_tensor(vector, dtype=torch.float32).detach().clone()
+        if tensor.ndim != 1:
+            raise ValueError(f"SteerConfig.init vector for layer {layer} must be 1-D, got shape {tuple(tensor.shape)}.")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"SteerConfig.init vector for layer {layer} contains NaN or inf values.")
+        checked[layer] = tensor
+    return checked
