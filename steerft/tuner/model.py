@@ -29,7 +29,7 @@ class SteerModel(BaseTuner):
     `steer_mask=` (batch, seq) boolean passed to `forward`, which overrides `positions`.
     """
 
-    prefix: str = "steer"
+    prefix: str = "steer_"  # PEFT skips modules whose path contains the prefix; our layers are named `steer`
     tuner_layer_cls = SteerLayer
     target_module_mapping: dict[str, list[str]] = {}
 
@@ -96,7 +96,7 @@ class SteerModel(BaseTuner):
             tokens = kwargs.get("input_ids", args[0] if args else None)
             if tokens is None:
                 tokens = kwargs["inputs_embeds"]
-            cache = kwargs.get("past_key_values")
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 renamed it to `cache`
             past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
             positions.begin_forward(tokens.shape[0], tokens.shape[1], int(past), tokens.device)
 
@@ -107,8 +107,8 @@ class SteerModel(BaseTuner):
         """Only active, trainable, non-inference adapters receive gradients."""
         for layer in self._steer_layers():
             for name, vector in layer.vector.items():
-                config = self.peft_config[name]
-                trainable = name in self.active_adapters and config.trainable and not config.inference_mode
+                config = self.peft_config.get(name)  # None while PEFT is deleting this adapter
+                trainable = config is not None and name in self.active_adapters and config.trainable and not config.inference_mode
                 vector.weight.requires_grad_(trainable)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
