@@ -132,3 +132,12 @@ def block_stack(model: nn.Module, arch: Architecture) -> nn.Module:
     """The module that owns the block list; its forward sees the cache and the attention mask."""
     parent, _, _ = arch.blocks.rpartition(".")
     return model.get_submodule(parent) if parent else model
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the residual stream, from the (text) config."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if size is None:
+        raise ValueError(f"Cannot read the hidden size from the config of {type(model).__name__}.")
+    return int(size)

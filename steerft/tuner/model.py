@@ -11,7 +11,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .arch import Architecture, architecture_of, block_stack, decoder_blocks
+from .arch import Architecture, architecture_of, block_stack, decoder_blocks, hidden_size
 from .config import SteerConfig
 from .layer import SteerLayer, TokenPositions
 from .merge import merge_adapters
@@ -51,11 +51,11 @@ class SteerModel(BaseTuner):
                 f"SteerConfig.operator={config.operator!r} needs to know which modules of {type(model).__name__} write "
                 "into the residual stream; register them with steerft.register_architecture(...), or use operator='add'."
             )
-        hidden_size = _hidden_size(model)
+        width = hidden_size(model)
         self._install_positions_hook(model, arch)
         for raw_layer, layer in zip(config.layers, layers):
             steer_layer = self._steer_layer(blocks[layer], arch, layer)
-            steer_layer.update_layer(adapter_name, config, hidden_size, _initial_vector(config, raw_layer, hidden_size))
+            steer_layer.update_layer(adapter_name, config, width, _initial_vector(config, raw_layer, width))
             self.targeted_module_names.append(f"{arch.blocks}.{layer}")
         self._mark_only_adapters_as_trainable(model)
         self._set_trainability()
@@ -229,14 +229,6 @@ def resolve_layers(layers: list[int], n_blocks: int) -> list[int]:
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"SteerConfig.layers={layers} names the same block twice.")
     return resolved
-
-
-def _hidden_size(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    size = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if size is None:
-        raise ValueError(f"Cannot read the hidden size from the config of {type(model).__name__}.")
-    return int(size)
 
 
 def _initial_vector(config: SteerConfig, raw_layer: int, hidden_size: int) -> torch.Tensor | None:
