@@ -1,0 +1,48 @@
+"""Behaviour data: loading, checking, splitting, formatting, and every method's derived data.
+
+One behaviour dataset (question, matching and non-matching completion) is the single source of
+contrast pairs, SFT rows, preference pairs and prompting baselines, so methods compare fairly.
+"""
+
+from steerft.data.derive import (
+    STATEMENT_QUESTION,
+    ContrastPair,
+    contrast_pairs,
+    preference_rows,
+    sft_rows,
+    statement_pairs,
+)
+from steerft.data.format import PromptFormatter
+from steerft.data.items import (
+    BehaviourDataError,
+    BehaviourDataset,
+    BehaviourItem,
+    Statement,
+    StatementDataset,
+)
+from steerft.data.load import BUNDLED_BEHAVIOURS, load_behaviour, load_statements, load_texts
+from steerft.data.sources import data_dir
+from steerft.data.splits import Splits, split_items, training_subset
+
+__all__ = [
+    "BUNDLED_BEHAVIOURS",
+    "STATEMENT_QUESTION",
+    "BehaviourDataError",
+    "BehaviourDataset",
+    "BehaviourItem",
+    "ContrastPair",
+    "PromptFormatter",
+    "Splits",
+    "Statement",
+    "StatementDataset",
+    "contrast_pairs",
+    "data_dir",
+    "load_behaviour",
+    "load_statements",
+    "load_texts",
+    "preference_rows",
+    "sft_rows",
+    "split_items",
+    "statement_pairs",
+    "training_subset",
+]

@@ -1,0 +1,90 @@
+"""The records every steerft method is derived from, and the one error type for bad data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+Messages = list[dict]
+"""A conversation as chat templates take it: ``[{"role": ..., "content": ...}, ...]``."""
+
+
+class BehaviourDataError(ValueError):
+    """Data steerft cannot use, reported with where it is (file and 1-based line) so it can be fixed.
+
+    ``source`` and ``line`` are kept as attributes for callers that want to point at the place
+    themselves; ``line`` is a row number for hub datasets.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+                 unit: str = "line") -> None:
+        self.source = source
+        self.line = line
+        self.reason = message
+        if source is not None and line is not None:
+            message = f"{source}, {unit} {line}: {message}"
+        elif source is not None:
+            message = f"{source}: {message}"
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class BehaviourItem:
+    """One question with a completion that shows the behaviour and one that does not.
+
+    Both completions answer the same prompt, so their difference isolates the behaviour; every
+    method's training data (contrast pairs, SFT rows, preference pairs, demonstrations) comes
+    from these two fields.
+    """
+
+    id: str
+    prompt: str | Messages
+    matching: str
+    not_matching: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class BehaviourDataset:
+    """Items plus what the prompting baselines need: a system prompt asking for the behaviour."""
+
+    name: str
+    items: list[BehaviourItem]
+    system_prompt: str | None = None
+    description: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int | slice) -> BehaviourItem | list[BehaviourItem]:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[BehaviourItem]:
+        return iter(self.items)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A factual claim and whether it is true, for truth-direction and CCS experiments."""
+
+    id: str
+    text: str
+    label: bool
+
+
+@dataclass
+class StatementDataset:
+    """Labelled statements; labels are only used for evaluation by unsupervised methods."""
+
+    name: str
+    items: list[Statement]
+    description: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int | slice) -> Statement | list[Statement]:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[Statement]:
+        return iter(self.items)
