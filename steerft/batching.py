@@ -48,9 +48,14 @@ class Batch:
         return Batch(self.index, move(self.input_ids), move(self.attention_mask), move(self.completion_mask), move(self.position_ids))
 
 
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A prompt or plain text as a model sees it: with a BOS if the tokenizer adds one, never an EOS."""
+    return list(tokenizer(text, add_special_tokens=_adds_bos_only(tokenizer))["input_ids"])
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> EncodedRow:
-    """Prompt tokens (with the tokenizer's own special tokens) followed by completion tokens."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=_adds_bos_only(tokenizer))["input_ids"]
+    """Prompt tokens (see `text_ids`) followed by completion tokens."""
+    prompt_ids = text_ids(tokenizer, prompt)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if not completion_ids:
         raise ValueError(f"Completion {completion!r} tokenises to nothing; completions must be non-empty.")

