@@ -131,7 +131,7 @@ def save_adapter(model, vectors: dict[int, torch.Tensor], out_dir: str | Path, *
     model is left as it was.
     """
     config = SteerConfig(layers=sorted(vectors), init=vectors, multiplier=multiplier, trainable=False)
-    config.base_model_name_or_path = getattr(model, "name_or_path", None)
+    config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
     peft_model = get_peft_model(model, config)
     try:
         with atomic_dir(out_dir) as tmp:
