@@ -1,0 +1,160 @@
+"""The settings of a study: one YAML file describes the whole n x method x seed grid.
+
+Everything is checked when the config is built, before a model or dataset is loaded, so a typo
+in a method name or an empty grid fails in a second instead of an hour into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..models import DEFAULT_MODEL
+from ..runconfig import ConfigError, as_dict
+from ..train import DEFAULT_LEARNING_RATE
+from ..tuner import POSITIONS
+
+KINDS = ("behaviour", "truth")
+"""Study kinds: `behaviour` (n x method x seed on a behaviour dataset) and `truth` (n x estimator x
+seed x layer on true/false statements: do label-free directions find truth?)."""
+
+SELECT_BY = ("mean_margin", "accuracy")
+
+DEFAULT_METHODS = ["none", "random", "caa", "steer-sft", "lora-sft", "system-prompt"]
+
+# Keys that say how a study runs or reports, not what it measures: a finished point stays valid
+# when they change, and the grid axes may grow (more n, seeds or methods) on a resumed study.
+NOT_IN_FINGERPRINT = ("name", "methods", "n", "seeds", "output_dir", "wandb", "wandb_project", "threads",
+                      "workers")
+
+
+@dataclass
+class TrainSettings:
+    """How the trained methods (steer-*, lora-*, full-sft) are trained; the same for every n."""
+
+    steps: int | None = 16  # optimiser steps per run at every n (a fixed budget); null: use epochs
+    epochs: float = 3.0
+    batch_size: int = 4
+    steer_lr: float = DEFAULT_LEARNING_RATE["steer"]
+    lora_lr: float = DEFAULT_LEARNING_RATE["lora"]
+    full_lr: float = DEFAULT_LEARNING_RATE["full"]
+    beta: float = 0.1  # DPO
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers: list[int] = field(default_factory=lambda: [14])  # where trained vectors are trained (each is tried)
+    multipliers: list[float] = field(default_factory=lambda: [1.0, 2.0])  # inference scales of trained vectors
+    max_length: int | None = 256
+
+
+@dataclass
+class EvalSettings:
+    """How much held-out data each point is scored on (caps bound CPU time; null: all)."""
+
+    test_items: int | None = 40  # the fixed test split every method is scored on
+    val_items: int | None = 16  # validation items for choosing layer and multiplier
+    neutral_prompts: int | None = 16  # KL to the base model
+    general_texts: int | None = 8  # delta cross-entropy
+    generation_prompts: int | None = 8
+    reference_tokens: int = 16  # length of the base model's continuations the KL runs along
+    generation_tokens: int = 32
+    batch_size: int = 16
+
+
+@dataclass
+class StudyConfig:
+    """Settings of `steerft study` (YAML keys = field names; `train.*` and `eval.*` are sections)."""
+
+    kind: str = "behaviour"
+    name: str = "study"  # W&B group and report title
+    model: str = DEFAULT_MODEL
+    dataset: str = "sentiment"
+    fields: dict | None = None  # column renames, as for load_behaviour
+    system_prompt: str | None = None  # for system-prompt methods; null: the dataset's own
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # `none` is always added
+    n: list[int] = field(default_factory=lambda: [2, 8, 32])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    split_seed: int = 0  # fixes the val/test split; keep it fixed across a study
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    layers: list[int] = field(default_factory=lambda: [8, 14, 20])  # candidate layers of extracted vectors
+    multipliers: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # candidate scales of extracted vectors
+    select_by: str = "mean_margin"  # validation criterion for layer and multiplier
+    positions: str = "all"  # tokens steered by every vector method
+    max_demonstrations: int = 8  # few-shot: at most this many of the n items as demonstrations
+    estimators: list[str] = field(default_factory=lambda: ["ccs", "pca", "mean_diff", "logistic"])  # kind: truth
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    output_dir: str = "runs/study"
+    wandb: bool = True
+    wandb_project: str = "steerft"
+    threads: int | None = None  # torch.set_num_threads; null: torch's default (cores / workers with workers > 1)
+    workers: int = 1  # local processes sharing the grid (on CPU, workers 2 x threads 1 uses two cores best)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+def check(config: StudyConfig) -> None:
+    """Refuse a config that cannot run, naming the key and the fix."""
+    from .methods import METHODS  # the registry imports this module's settings
+
+    if config.kind not in KINDS:
+        raise ConfigError(f"kind={config.kind!r} is not a study kind; allowed values: {', '.join(KINDS)}.")
+    for key in ("n", "seeds", "layers"):
+        _non_empty_unique(key, getattr(config, key))
+    if config.kind == "truth":
+        from .truth import check_truth
+
+        check_truth(config)
+        return
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"methods: unknown method {unknown[0]!r}; allowed values: {', '.join(METHODS)}.")
+    for key in ("methods", "n", "seeds", "layers", "multipliers"):
+        _non_empty_unique(key, getattr(config, key))
+    _non_empty_unique("train.layers", config.train.layers)
+    _non_empty_unique("train.multipliers", config.train.multipliers)
+    if min(config.n) < 1:
+        raise ConfigError(f"n={config.n}: every training-set size must be >= 1 (n=0 is the `none` baseline).")
+    for name in config.methods:
+        if min(config.n) < METHODS[name].min_n:
+            raise ConfigError(f"n={config.n}: method {name!r} needs n >= {METHODS[name].min_n}; "
+                              f"drop the smaller n or the method.")
+    if config.select_by not in SELECT_BY:
+        raise ConfigError(f"select_by={config.select_by!r}; allowed values: {', '.join(SELECT_BY)}.")
+    if config.positions not in POSITIONS:
+        raise ConfigError(f"positions={config.positions!r}; allowed values: {', '.join(POSITIONS)}.")
+    _positive(config, ("max_demonstrations", "threads", "workers"))
+    _positive(config.train, ("steps", "epochs", "batch_size", "steer_lr", "lora_lr", "full_lr", "beta", "lora_r",
+                             "lora_alpha", "max_length"), "train.")
+    _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
+
+
+def _non_empty_unique(key: str, values: list) -> None:
+    if not values:
+        raise ConfigError(f"{key} is empty: the study grid needs at least one value (e.g. {key}: "
+                          f"{_EXAMPLES.get(key, '[...]')}).")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{key}={values} repeats a value; list each once.")
+
+
+_EXAMPLES = {"n": "[2, 8, 32]", "seeds": "[0, 1, 2]", "methods": "[caa, lora-sft]", "layers": "[8, 14, 20]",
+             "multipliers": "[2, 4, 8]"}
+
+
+def _positive(settings: object, keys: tuple[str, ...], prefix: str = "") -> None:
+    for key in keys:
+        value = getattr(settings, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{prefix}{key}={value!r} must be positive (or null for the default).")
+
+
+def effective_methods(config: StudyConfig) -> list[str]:
+    """The methods run: `none` first (every effect is measured against it), then the config's order."""
+    return ["none", *(m for m in config.methods if m != "none")]
+
+
+def fingerprint(config: StudyConfig) -> dict:
+    """The settings a finished point depends on; a resumed study must match them."""
+    return {k: v for k, v in as_dict(config).items() if k not in NOT_IN_FINGERPRINT}

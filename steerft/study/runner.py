@@ -1,0 +1,207 @@
+"""`run_study`: compute every missing point of the grid, then write the outputs from the point log.
+
+With several processes (`workers: N`, or `accelerate launch` / `torchrun`) the ranks split the grid
+by (n, seed) group and never talk: each trains and scores its own points alone (a point is one
+small job, so data parallelism inside it would only add communication) and appends to its own
+file. A launcher's distributed environment is hidden from the trainers so they do not wrap models
+for DDP. Rank 0 then waits until every point is in some file, merges them and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import PromptFormatter
+from ..io import write_json, write_text
+from ..metrics import reference_continuations
+from ..runconfig import ConfigError, as_dict
+from . import workers
+from .config import StudyConfig, fingerprint
+from .context import StudyContext, StudyData, eval_inputs, load_base_model, load_data, resolved_layers
+from .evaluate import measure
+from .methods import METHODS
+from .outputs import write_outputs
+from .truth import run_truth_study
+from .points import POINTS_FILE, Point, PointLog, grid, log_path, log_paths, read_points, shard
+
+STUDY_FILE = "study.json"
+REFERENCES_FILE = "references.json"
+MERGE_POLL_S = 2.0
+
+# Set by torchrun (and so by `accelerate launch --multi_gpu`); hidden once read, see the module doc.
+_DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def run_study(config: StudyConfig) -> Path:
+    """Run (or resume) the study described by `config`; returns its output folder."""
+    return RUNNERS[config.kind](config)
+
+
+def run_behaviour_study(config: StudyConfig) -> Path:
+    """The n x method x seed grid on one behaviour dataset."""
+    rank, world = _claim_rank()
+    threads = _threads(config)
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(config.output_dir)
+    points = grid(config)
+    data = load_data(config)
+    _check_study_file(out, config, data, write=rank == 0)
+    spawned = []
+    if world == 1 and config.workers > 1:
+        world = config.workers
+        spawned = workers.spawn(config, world)
+    try:
+        _compute_share(config, data, points, out, rank, world)
+        if rank == 0:
+            records = _collect(points, out, spawned)
+            write_outputs(config, points, records, out)
+            print(f"steerft study {config.name}: wrote {out / 'report.md'}", flush=True)
+    finally:
+        workers.stop(spawned)
+    return out
+
+
+def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], out: Path, rank: int,
+                   world: int) -> None:
+    """Compute this rank's unfinished points."""
+    mine = shard(points, rank, world)
+    todo = [p for p in mine if p.key not in read_points(log_paths(out))]
+    tag = f"[rank {rank}] " if world > 1 else ""
+    print(f"{tag}steerft study {config.name}: {len(points)} points, {len(mine) - len(todo)} of this process's "
+          f"{len(mine)} already done -> {out}", flush=True)
+    if todo:
+        ctx = _context(config, data, out)
+        _compute(ctx, todo, PointLog(log_path(out, rank, world)), done=len(mine) - len(todo), total=len(mine),
+                 tag=tag)
+
+
+RUNNERS = {"behaviour": run_behaviour_study, "truth": run_truth_study}  # one per study kind (config.KINDS)
+
+
+def _threads(config: StudyConfig) -> int | None:
+    """Torch threads per process: the config's, else the cores split between local workers, else torch's default."""
+    if config.threads or config.workers == 1:
+        return config.threads
+    return max(1, (os.cpu_count() or 1) // config.workers)
+
+
+def _claim_rank() -> tuple[int, int]:
+    """This process's rank and the number of processes: a local worker's, or the launcher's (then hidden)."""
+    assigned = workers.assignment()
+    if assigned is not None:
+        return assigned
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    for name in _DISTRIBUTED_ENV:
+        os.environ.pop(name, None)
+    return rank, world
+
+
+def _check_study_file(out: Path, config: StudyConfig, data: StudyData, *, write: bool) -> None:
+    """A folder holds one study: refuse to resume points measured under other settings."""
+    study = {"fingerprint": fingerprint(config), "test_ids": [i.id for i in data.test],
+             "val_ids": [i.id for i in data.val]}
+    path = out / STUDY_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        for key in study:
+            if saved.get(key) != study[key]:
+                raise ConfigError(f"output_dir={str(out)!r} holds a study with other settings "
+                                  f"({_difference(saved, study, key)}); its points cannot be resumed. Use a new "
+                                  "output_dir or restore those settings.")
+    if write:
+        write_json(path, {**study, "config": as_dict(config)})
+
+
+def _difference(saved: dict, study: dict, key: str) -> str:
+    if key != "fingerprint":
+        return f"{key} differ"
+    old, new = saved.get(key) or {}, study[key]
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+
+
+def _context(config: StudyConfig, data: StudyData, out: Path) -> StudyContext:
+    model, tokenizer = load_base_model(config)
+    layers, train_layers = resolved_layers(config, model)
+    neutral, general, generation = eval_inputs(config)
+    return StudyContext(config, model, tokenizer, data, neutral, _references(model, tokenizer, neutral, config, out),
+                        general, generation, layers, train_layers)
+
+
+def _references(model, tokenizer, prompts: list[str], config: StudyConfig, out: Path) -> list[str]:
+    """The base model's continuations of the neutral prompts, made once per study and kept with it."""
+    path = out / REFERENCES_FILE
+    if path.is_file():
+        return json.loads(path.read_text())["continuations"]
+    continuations = reference_continuations(model, tokenizer, [PromptFormatter(tokenizer).prompt(p) for p in prompts],
+                                            max_new_tokens=config.eval.reference_tokens,
+                                            batch_size=config.eval.batch_size)
+    write_json(path, {"prompts": prompts, "continuations": continuations})
+    return continuations
+
+
+def compute_point(ctx: StudyContext, point: Point) -> dict[str, Any]:
+    """Build the method's scorable and measure it; the record that goes into the point log."""
+    method = METHODS[point.method]
+    started = time.perf_counter()
+    scorable = method.build(ctx, point.n, point.seed)
+    record = measure(ctx, scorable, baseline=point.method == "none")
+    return {"key": point.key, "method": point.method, "family": method.family, "n": point.n, "seed": point.seed,
+            "shared": method.shared, **record, "wall_time_s": time.perf_counter() - started}
+
+
+def _compute(ctx: StudyContext, todo: list[Point], log: PointLog, *, done: int, total: int, tag: str) -> None:
+    started = time.perf_counter()
+    group = None
+    for i, point in enumerate(todo, start=1):
+        if workers.orphaned():
+            raise SystemExit(f"{tag}the study process that started this worker has exited; stopping.")
+        if point.group != group:  # memoised work is shared within a group only
+            ctx.memo.clear()
+            group = point.group
+        record = compute_point(ctx, point)
+        log.append(record)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / i * (len(todo) - i)
+        print(f"{tag}[{done + i}/{total}] {point.label()}: accuracy {record['accuracy']:.2f}, mean margin "
+              f"{record['mean_margin']:+.2f}, KL {record['kl']:.3f} ({record['wall_time_s']:.1f}s) | elapsed "
+              f"{_clock(elapsed)}, ETA {_clock(eta)}", flush=True)
+    ctx.memo.clear()
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def _collect(points: list[Point], out: Path, spawned: list) -> dict[str, dict[str, Any]]:
+    """Rank 0: wait until every point is in some file, then merge all files into points.jsonl (grid order).
+
+    Other ranks may still be running. A failed local worker fails the wait; a launched rank that
+    dies takes the launcher, and so this wait, down with it. Points of an earlier, larger grid are kept.
+    """
+    keys = [p.key for p in points]
+    while True:
+        workers.check(spawned)
+        records = read_points(log_paths(out))
+        if all(key in records for key in keys):
+            break
+        time.sleep(MERGE_POLL_S)
+    _rewrite_log(out / POINTS_FILE, [records[key] for key in keys] + [r for k, r in records.items() if k not in keys])
+    for path in out.glob("points.rank*.jsonl"):
+        path.unlink()
+    return records
+
+
+def _rewrite_log(path: Path, records: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))

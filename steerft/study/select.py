@@ -1,0 +1,79 @@
+"""Choosing a steering method's layer and multiplier on the validation split, never on test.
+
+Every candidate is scored by completion preference on the validation items (`select_by`: mean
+margin, the default, or accuracy); ties go to the smaller |multiplier|, the gentler edit. The whole
+grid is recorded with the choice so a study can show how sharp the optimum was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from ..data import PromptFormatter
+from ..metrics import preference
+from .context import StudyContext
+from .scorable import Scorable, steered
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layer: int
+    multiplier: float
+    val_accuracy: float
+    val_mean_margin: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen candidate and every candidate tried."""
+
+    best: Candidate
+    grid: tuple[Candidate, ...]
+
+    def as_dict(self) -> dict:
+        return {**asdict(self.best), "select_by_grid": [asdict(c) for c in self.grid]}
+
+
+def score(ctx: StudyContext, scorable: Scorable) -> tuple[float, float]:
+    """(accuracy, mean margin) of completion preference on the validation items."""
+    result = preference(scorable.model, ctx.tokenizer, scorable.pairs(ctx.data.val),
+                        batch_size=ctx.config.eval.batch_size)
+    return result.accuracy, result.mean_margin
+
+
+def _key(candidate: Candidate, select_by: str) -> tuple[float, float]:
+    value = candidate.val_accuracy if select_by == "accuracy" else candidate.val_mean_margin
+    return value, -abs(candidate.multiplier)
+
+
+def best_of(candidates: Sequence[Candidate], select_by: str) -> Choice:
+    return Choice(max(candidates, key=lambda c: _key(c, select_by)), tuple(candidates))
+
+
+def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, layer: int,
+                   multipliers: Sequence[float]) -> list[Candidate]:
+    """Score one steered model at each multiplier."""
+    candidates = []
+    for multiplier in multipliers:
+        with model.using_multiplier(multiplier):
+            accuracy, margin = score(ctx, Scorable(model, fmt))
+        candidates.append(Candidate(layer, float(multiplier), accuracy, margin))
+    return candidates
+
+
+def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
+                    vectors: dict[int, torch.Tensor]) -> Choice:
+    """Best (layer, multiplier) for per-layer candidate vectors added to `model` under `fmt`'s prompts.
+
+    `model` is left unchanged: each layer's vector is attached only while it is scored.
+    """
+    candidates = []
+    for layer, vector in vectors.items():
+        with steered(model, {layer: vector}, ctx.config.positions) as peft_model:
+            candidates += multipliers_on(ctx, peft_model, fmt, layer, ctx.config.multipliers)
+    return best_of(candidates, ctx.config.select_by)

@@ -1,0 +1,262 @@
+"""The study runner end to end on a tiny random model: outputs, resuming, config errors, hygiene."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steerft.cli import main
+from steerft.data import load_behaviour, split_items
+from steerft.models import tiny_model
+from steerft.runconfig import ConfigError, build
+from steerft.study import METHODS, StudyConfig, run_study
+from steerft.study import runner, select
+from steerft.study.outputs import CSV_COLUMNS
+from steerft.study.points import PointLog, read_points
+from steerft.study.report import crossover, n_to_fraction
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = tiny_model("llama", n_layers=4)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+
+
+def micro(tiny_dir: Path, out: Path, **overrides) -> dict:
+    """A micro-study: 2 values of n, 2 seeds, caa + lora-sft (+ the implicit none): 9 points."""
+    return {
+        "name": "micro", "model": str(tiny_dir), "methods": ["caa", "lora-sft"], "n": [2, 4], "seeds": [0, 1],
+        "layers": [1, 2], "multipliers": [1.0, 4.0], "wandb": False, "output_dir": str(out),
+        "train": {"steps": 2, "layers": [2], "multipliers": [1.0, 2.0]},
+        "eval": {"test_items": 6, "val_items": 4, "neutral_prompts": 3, "general_texts": 2, "generation_prompts": 2,
+                 "generation_tokens": 4, "reference_tokens": 4},
+        **overrides,
+    }
+
+
+def results(out: Path) -> list[dict[str, str]]:
+    """results.csv without the wall-time column (the one thing that differs between identical runs)."""
+    with open(out / "results.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, tmp_path_factory) -> Path:
+    """One uninterrupted micro-study with W&B on, shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("micro")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("WANDB_DIR", str(out))
+        run_study(build(StudyConfig, micro(tiny_dir, out / "study", wandb=True)))
+    return out / "study"
+
+
+def test_micro_study_writes_every_output(finished):
+    with open(finished / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == CSV_COLUMNS
+    assert len(rows) == 1 + 2 * 2 * 2
+    assert {r["method"] for r in rows} == {"none", "caa", "lora-sft"}
+    assert [r for r in rows if r["method"] == "none"][0]["shared"] == "True"
+    assert all(r["layer"] and r["multiplier"] for r in rows if r["method"] == "caa")
+    assert all(int(r["params"]) == 64 for r in rows if r["method"] == "caa")  # one vector, hidden size 64
+
+    summary = json.loads((finished / "summary.json").read_text())
+    assert list(summary["methods"]) == ["none", "caa", "lora-sft"]
+    assert set(summary["methods"]["caa"]["by_n"]) == {"2", "4"}
+    assert set(summary["methods"]["none"]["by_n"]) == {"all"}
+    stats = summary["methods"]["lora-sft"]["by_n"]["4"]
+    assert stats["seeds"] == 2 and stats["effect"]["ci_low"] <= stats["effect"]["mean"] <= stats["effect"]["ci_high"]
+
+    for figure in ("curves.png", "side_effects.png"):
+        assert (finished / figure).read_bytes().startswith(PNG_MAGIC)
+    report = (finished / "report.md").read_text()
+    for method in ("none", "caa", "lora-sft"):
+        assert f"| {method} |" in report
+    assert "fine-tuning overtakes steering" in report and "**lora-sft**" in report
+    generations = sorted(p.name for p in (finished / "generations").iterdir())
+    assert len(generations) == 9 and "caa_n2_seed0.json" in generations
+    sample = json.loads((finished / "generations" / "caa_n2_seed0.json").read_text())
+    assert len(sample["samples"]) == 2 and all(isinstance(s["generation"], str) for s in sample["samples"])
+    runs = list((finished.parent / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3  # one W&B run per method
+
+
+def test_killed_study_resumes_without_losing_or_repeating_a_point(tiny_dir, finished, tmp_path, monkeypatch):
+    computed: list[str] = []
+    real = runner.compute_point
+
+    class Killed(Exception):
+        pass
+
+    def counting(ctx, point, stop_after=None):
+        if stop_after is not None and len(computed) == stop_after:
+            raise Killed
+        record = real(ctx, point)
+        computed.append(point.key)
+        return record
+
+    config = build(StudyConfig, micro(tiny_dir, tmp_path / "study"))
+    monkeypatch.setattr(runner, "compute_point", lambda ctx, point: counting(ctx, point, stop_after=3))
+    with pytest.raises(Killed):
+        run_study(config)
+    assert len(read_points([tmp_path / "study" / "points.jsonl"])) == 3
+    with open(tmp_path / "study" / "points.jsonl", "ab") as handle:  # a write torn by the kill
+        handle.write(b'{"key": "caa|n=4|seed=1", "accur')
+
+    monkeypatch.setattr(runner, "compute_point", counting)
+    run_study(config)
+    assert sorted(computed) == sorted(set(computed)) and len(computed) == 9
+    assert results(tmp_path / "study") == results(finished)
+
+
+def test_resuming_under_other_settings_is_refused(tiny_dir, finished, tmp_path):
+    config = micro(tiny_dir, tmp_path / "study", n=[2])
+    run_study(build(StudyConfig, config))
+    with pytest.raises(ConfigError, match="multipliers"):
+        run_study(build(StudyConfig, {**config, "multipliers": [2.0]}))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"methods": ["caa", "steering-magic"]}, r"methods: unknown method 'steering-magic'; allowed values: none, random"),
+    ({"n": []}, r"n is empty"),
+    ({"seeds": []}, r"seeds is empty"),
+    ({"methods": ["pca"], "n": [1, 4]}, r"'pca' needs n >= 2"),
+    ({"kind": "beliefs"}, r"kind='beliefs' is not a study kind; allowed values: behaviour, truth"),
+    ({"eval": {"test_items": 0}}, r"eval.test_items=0 must be positive"),
+])
+def test_bad_config_fails_at_once_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build(StudyConfig, {"model": "/nonexistent", **overrides})
+
+
+def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("methods: [caa]\nn: [2, 8]\n")
+    assert main(["study", "--config", str(config), "n=[]"]) == 2
+    assert "n is empty" in capsys.readouterr().err
+
+
+def test_layer_and_multiplier_are_chosen_on_validation_items_only(tiny_dir, tmp_path, monkeypatch):
+    seen: list[str] = []
+    real = select.preference
+
+    def recording(model, tokenizer, pairs, **kwargs):
+        seen.extend(pair.id for pair in pairs)
+        return real(model, tokenizer, pairs, **kwargs)
+
+    monkeypatch.setattr(select, "preference", recording)
+    config = build(StudyConfig, micro(tiny_dir, tmp_path / "study", n=[2], seeds=[0],
+                                      methods=["random", "caa", "steer-sft", "caa+system-prompt"]))
+    run_study(config)
+    splits = split_items(load_behaviour("sentiment").items, config.split_seed, config.val_frac, config.test_frac)
+    val_ids = {item.id for item in splits.val[: config.eval.val_items]}
+    assert seen and set(seen) <= val_ids
+    assert not set(seen) & {item.id for item in splits.test}
+    rows = {r["method"]: r for r in results(tmp_path / "study")}
+    assert (rows["random"]["layer"], rows["random"]["multiplier"]) == (rows["caa"]["layer"], rows["caa"]["multiplier"])
+
+
+def test_point_log_drops_a_torn_last_line_and_refuses_a_broken_middle(tmp_path):
+    path = tmp_path / "points.jsonl"
+    log = PointLog(path)
+    log.append({"key": "a"})
+    log.append({"key": "b"})
+    with open(path, "ab") as handle:
+        handle.write(b'{"key": "c", "acc')
+    assert list(read_points([path])) == ["a", "b"]
+    PointLog(path).append({"key": "d"})
+    assert list(read_points([path])) == ["a", "b", "d"]
+    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_points([path])
+
+
+def test_crossover_and_sample_efficiency_come_from_the_curves():
+    def stats(values: dict[int, float]) -> dict[int, dict[str, float]]:
+        return {n: {"mean": v, "ci_low": v - 1, "ci_high": v + 1} for n, v in values.items()}
+
+    steering = {"caa": stats({2: 3.0, 8: 4.0, 32: 4.5}), "steer-sft": stats({2: 1.0, 8: 5.0, 32: 5.0})}
+    assert crossover(stats({2: 0.0, 8: 1.0, 32: 9.0}), steering)["n"] == 32
+    assert crossover(stats({2: 0.0, 8: 1.0, 32: 2.0}), steering)["kind"] == "never"
+    assert crossover(stats({2: 5.0, 8: 6.0, 32: 7.0}), steering)["kind"] == "always"
+    assert crossover(stats({2: 5.0, 8: 1.0, 32: 7.0}), steering)["kind"] == "mixed"
+    assert n_to_fraction({2: 1.0, 8: 8.5, 32: 10.0}) == 8
+    assert n_to_fraction({2: -1.0, 8: -0.5}) is None
+
+
+def test_every_registered_method_has_a_known_family():
+    from steerft.study.methods import FAMILIES
+
+    assert {m.family for m in METHODS.values()} <= set(FAMILIES)
+    assert {name for name, m in METHODS.items() if m.shared} == {"none", "system-prompt"}
+
+
+def test_two_local_workers_split_the_grid_and_match_one_process(tiny_dir, finished, tmp_path, capfd):
+    run_study(build(StudyConfig, micro(tiny_dir, tmp_path / "two", workers=2, threads=1)))
+    out = capfd.readouterr().out
+    assert "[rank 0]" in out and "[rank 1]" in out
+    assert not list((tmp_path / "two").glob("points.rank*.jsonl"))  # merged into points.jsonl
+    assert results(tmp_path / "two") == results(finished)
+
+
+@pytest.mark.distributed
+def test_two_launched_processes_split_the_grid_and_match_one(tiny_dir, finished, tmp_path):
+    config = tmp_path / "micro.yaml"
+    config.write_text(json.dumps(micro(tiny_dir, tmp_path / "two")))  # JSON is YAML
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = subprocess.run([*launch, str(REPO / "recipes" / "study.py"), "--config", str(config), "threads=1"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[rank 1]" in done.stdout and "[rank 0]" in done.stdout
+    assert not list((tmp_path / "two").glob("points.rank*.jsonl"))  # merged into points.jsonl
+    assert results(tmp_path / "two") == results(finished)
+
+
+def test_truth_study_writes_curves_for_every_estimator_and_layer(tmp_path, monkeypatch):
+    """The truth kind: label-free and supervised directions scored on held-out statements."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    model, tokenizer = tiny_model("llama", n_layers=4)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    config = StudyConfig(kind="truth", model=str(tmp_path / "tiny"), dataset="truth", n=[2, 8], seeds=[0, 1],
+                         layers=[1, 3], estimators=["ccs", "pca", "mean_diff"], output_dir=str(tmp_path / "out"),
+                         wandb=False, threads=1)
+    config.eval.test_items = 16
+    out = run_study(config)
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * 2 * 3  # n x seeds x layers x estimators
+    assert {r["supervised"] for r in rows if r["estimator"] in ("ccs", "pca")} == {"False"}
+    assert all(0.0 <= float(r["accuracy"]) <= float(r["accuracy_best_sign"]) <= 1.0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["zero_shot_accuracy"] <= 1.0 and set(summary["curves"]) == {"ccs", "pca", "mean_diff"}
+    assert (out / "truth.png").stat().st_size > 0 and "| ccs |" in (out / "report.md").read_text()
+
+
+def test_truth_study_refuses_n_below_two_and_unknown_estimators():
+    with pytest.raises(ConfigError, match="n >= 2"):
+        StudyConfig(kind="truth", dataset="truth", n=[1, 4])
+    with pytest.raises(ConfigError, match="estimators"):
+        StudyConfig(kind="truth", dataset="truth", estimators=["svm"])
