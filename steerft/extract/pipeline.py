@@ -97,9 +97,12 @@ def truth_directions(
     """Held-out truth accuracy of each direction on statements (x+ = "True", x- = "False").
 
     Supervised estimators see the labels: they fit (correct, incorrect) completions, so their
-    direction points towards truth and the threshold is 0. Unsupervised ones (pca, ccs) fit
-    (x+, x-) as given, never see a label, and use their own label-free threshold and sign;
-    the better-sign accuracy is reported next to it, as Burns et al. report CCS.
+    direction points towards truth. Unsupervised ones (pca, ccs) fit (x+, x-) as given, never see
+    a label, and keep their label-free sign; the better-sign accuracy is reported next to it, as
+    Burns et al. report CCS. Every direction calls a statement true when (x+ - x-) . u exceeds the
+    mean of that projection over the training statements: label-free, and the midpoint between
+    true and false ones when both are common (a threshold of 0 would be swamped by the constant
+    "True"/"False" token offset that every x+ - x- carries).
     """
     truth = torch.tensor(list(train_labels)).unsqueeze(-1)
     out = {}
@@ -109,12 +112,10 @@ def truth_directions(
         test_pos, test_neg = test.at(layer)
         for name in estimators:
             if name in UNSUPERVISED:
-                options = {"center": True} if name == "pca" else {}
-                direction = estimate(name, pos, neg, **options)
-                bias = None
+                direction = estimate(name, pos, neg, **({"center": True} if name == "pca" else {}))
             else:
                 direction = estimate(name, correct, incorrect)
-                bias = 0.0
+            bias = float(((pos - neg) @ direction.unit.to(pos.dtype)).mean())
             out[(name, layer)] = {
                 "accuracy": truth_accuracy(direction, test_pos, test_neg, list(test_labels), bias=bias),
                 "accuracy_best_sign": truth_accuracy(direction, test_pos, test_neg, list(test_labels), bias=bias,

@@ -20,7 +20,7 @@ from .. import tracking
 from ..data import PromptFormatter, load_statements, split_items, statement_pairs, training_subset
 from ..extract import ESTIMATORS, PairActivations, pair_activations, truth_directions
 from ..io import write_json, write_text
-from ..metrics import completion_logprobs, mean_ci95
+from ..metrics import chance_band, completion_logprobs, mean_ci95
 from ..models import load_model, model_info
 from ..runconfig import ConfigError, as_dict
 from ..tuner import resolve_layers
@@ -175,6 +175,11 @@ def _report(config: StudyConfig, summary: dict) -> str:
         cells = [f"{curve[str(n)]['accuracy']['mean']:.2f} ({curve[str(n)]['accuracy_best_sign']['mean']:.2f})"
                  for n in config.n]
         lines.append(f"| {name} | {layer} | " + " | ".join(cells) + " |")
+    low, high = chance_band(summary["test_statements"])
+    if low <= summary["zero_shot_accuracy"] <= high:
+        lines += ["", f"**Warning: the model answers these statements at chance ({low:.2f}-{high:.2f} is the 95% band "
+                      "of random answers).** Directions cannot find a truth the model does not compute; treat the "
+                      "comparison of estimators above as uninformative for this model."]
     return "\n".join(lines) + "\n"
 
 
