@@ -101,8 +101,9 @@ def init_run(
         return None
     import wandb
 
+    # wandb remembers the first run's directory for the whole process; name it on every run.
     kwargs = dict(project=project, name=name, group=group, config=dict(config or {}), job_type=job_type,
-                  reinit="finish_previous")
+                  reinit="finish_previous", dir=os.environ.get("WANDB_DIR") or None)
     try:
         return wandb.init(settings=_settings(mode), **kwargs)
     except Exception as err:  # wandb raises several types for network and auth failures
