@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 Messages = list[dict]
 """A conversation as chat templates take it: ``[{"role": ..., "content": ...}, ...]``."""
@@ -44,23 +47,29 @@ class BehaviourItem:
     meta: dict = field(default_factory=dict)
 
 
+class _ItemList(Generic[T]):
+    """len, indexing and iteration over `self.items`, shared by both dataset kinds."""
+
+    items: list[T]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+
 @dataclass
-class BehaviourDataset:
+class BehaviourDataset(_ItemList[BehaviourItem]):
     """Items plus what the prompting baselines need: a system prompt asking for the behaviour."""
 
     name: str
     items: list[BehaviourItem]
     system_prompt: str | None = None
     description: str = ""
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int | slice) -> BehaviourItem | list[BehaviourItem]:
-        return self.items[index]
-
-    def __iter__(self) -> Iterator[BehaviourItem]:
-        return iter(self.items)
 
 
 @dataclass(frozen=True)
@@ -73,18 +82,9 @@ class Statement:
 
 
 @dataclass
-class StatementDataset:
+class StatementDataset(_ItemList[Statement]):
     """Labelled statements; labels are only used for evaluation by unsupervised methods."""
 
     name: str
     items: list[Statement]
     description: str = ""
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int | slice) -> Statement | list[Statement]:
-        return self.items[index]
-
-    def __iter__(self) -> Iterator[Statement]:
-        return iter(self.items)
