@@ -2,12 +2,27 @@
 
 Prompting methods are expressed by the prompts they pass; adapters by the model. Behaviour metrics
 (completion preference, A/B probability, anti-steerable fraction) sit next to side effects (KL to
-the base on neutral prompts, cross-entropy on general text) and greedy samples, plus the statistics
+the base on neutral prompts, cross-entropy on general text), greedy samples, and sampled replies judged
+offline for behaviour with fluency beside them, plus the statistics
 a study reports (t-intervals, a loud warning when the base model is at chance on a format).
 """
 
 from .competence import competence_warning
+from .fluency import fluency_score, harmonic_mean, reply_loglik, repetition_rate
 from .generation import generate_samples
+from .judge import (
+    ClassifierJudge,
+    FittedJudge,
+    GenerationScores,
+    Judge,
+    JudgedReply,
+    JudgeError,
+    SamplingSettings,
+    fit_judge,
+    judge_generations,
+    per_token_margins,
+    summarise_judged,
+)
 from .logprobs import completion_logprobs
 from .preference import (
     ABResult,
@@ -23,6 +38,13 @@ from .stats import chance_band, mean_ci95, t_critical
 
 __all__ = [
     "ABResult",
+    "ClassifierJudge",
+    "FittedJudge",
+    "GenerationScores",
+    "Judge",
+    "JudgeError",
+    "JudgedReply",
+    "SamplingSettings",
     "PreferenceResult",
     "ab_probability",
     "answer_letter",
@@ -31,11 +53,19 @@ __all__ = [
     "competence_warning",
     "completion_logprobs",
     "cross_entropy",
+    "fit_judge",
+    "fluency_score",
     "generate_samples",
+    "harmonic_mean",
+    "judge_generations",
     "kl_to_base",
     "mean_ci95",
+    "per_token_margins",
     "preference",
     "reference_continuations",
+    "reply_loglik",
+    "repetition_rate",
     "steerability",
+    "summarise_judged",
     "t_critical",
 ]
