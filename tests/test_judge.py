@@ -194,7 +194,8 @@ def test_one_logit_reward_model_reads_as_log_odds(tmp_path):
 def test_greedy_settings_reproduce_greedy_generation(tiny):
     model, tokenizer = tiny
     prompts = [PromptFormatter(tokenizer).prompt(q) for q in ("Hi", "What is 2 + 2?")]
-    greedy = sample_replies(model, tokenizer, prompts, SamplingSettings(samples_per_prompt=1, max_new_tokens=6, temperature=0))
+    settings = SamplingSettings(samples_per_prompt=1, max_new_tokens=6, temperature=0)
+    greedy = sample_replies(model, tokenizer, prompts, settings)
     assert [samples[0] for samples in greedy] == greedy_ids(model, tokenizer, prompts, max_new_tokens=6, batch_size=8)
     with pytest.raises(JudgeError, match="samples_per_prompt=1"):
         SamplingSettings(samples_per_prompt=2, temperature=0)
@@ -232,7 +233,8 @@ def test_per_token_margins_divide_by_completion_tokens(tiny):
     positive = completion_logprobs(model, tokenizer, [prompt] * 2, ["yes", "sure thing"])
     negative = completion_logprobs(model, tokenizer, [prompt] * 2, ["no thanks", "x"])
     # the byte-level tiny tokenizer has one token per ASCII character
-    expected = positive / torch.tensor([3.0, 10.0], dtype=torch.float64) - negative / torch.tensor([9.0, 1.0], dtype=torch.float64)
+    tokens = lambda *counts: torch.tensor(counts, dtype=torch.float64)  # noqa: E731
+    expected = positive / tokens(3, 10) - negative / tokens(9, 1)
     assert torch.allclose(margins, expected, atol=1e-6)
     with pytest.raises(ValueError, match="same order"):
         per_token_margins(result, tokenizer, pairs[::-1])

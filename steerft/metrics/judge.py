@@ -77,7 +77,8 @@ def encode_replies(
     empty reply is read as the end-of-sequence token it was generated as.
     """
     if len(prompts) != len(replies) or not prompts:
-        raise ValueError(f"Need one reply per prompt, at least one; got {len(prompts)} prompts and {len(replies)} replies.")
+        raise ValueError(f"Need one reply per prompt, at least one; got {len(prompts)} prompts "
+                         f"and {len(replies)} replies.")
     if reduce not in REDUCTIONS:
         raise JudgeError(f"reduce={reduce!r} is not supported; allowed values: {', '.join(REDUCTIONS)}.")
     check_base_model(model, base_model)
@@ -212,7 +213,8 @@ def fit_judge(
 
     def features_and_labels(part: Sequence[BehaviourItem]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [formatter.prompt(item) for item in part]
-        replies = [formatter.completion(item.matching) for item in part] + [formatter.completion(item.not_matching) for item in part]
+        replies = ([formatter.completion(item.matching) for item in part]
+                   + [formatter.completion(item.not_matching) for item in part])
         x = encode_replies(model, tokenizer, prompts + prompts, replies, layer=layer, reduce=reduce,
                            base_model=base_model, batch_size=batch_size)
         return x, torch.cat([torch.ones(len(part)), torch.zeros(len(part))]).double()
@@ -229,7 +231,8 @@ def fit_judge(
     return judge
 
 
-def _logits(features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, bias: float) -> torch.Tensor:
+def _logits(features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor,
+            bias: float) -> torch.Tensor:
     return ((features - mean) / scale) @ weight + bias
 
 
@@ -239,7 +242,8 @@ def _judge_layer(model: nn.Module, layer: int | None) -> int:
     if layer is None:
         return n_blocks // 2
     if not -n_blocks <= layer < n_blocks:
-        raise JudgeError(f"judge layer {layer} is outside the model's {n_blocks} blocks; use {-n_blocks}..{n_blocks - 1}.")
+        raise JudgeError(f"judge layer {layer} is outside the model's {n_blocks} blocks; "
+                         f"use {-n_blocks}..{n_blocks - 1}.")
     return layer % n_blocks
 
 
@@ -290,7 +294,8 @@ class ClassifierJudge:
     def __init__(self, name_or_path: str, *, behaviour_label: int | str = 1, with_prompt: bool = False,
                  batch_size: int = 16, device: str | None = None, **from_pretrained_kwargs) -> None:
         self.name = name_or_path
-        self.classifier = AutoModelForSequenceClassification.from_pretrained(name_or_path, **from_pretrained_kwargs).eval()
+        self.classifier = AutoModelForSequenceClassification.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        self.classifier.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         if device is not None:
             self.classifier.to(device)
@@ -355,16 +360,20 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1 or self.max_new_tokens < 1:
-            raise JudgeError(f"samples_per_prompt={self.samples_per_prompt} and max_new_tokens={self.max_new_tokens} must be >= 1.")
+            raise JudgeError(f"samples_per_prompt={self.samples_per_prompt} and "
+                             f"max_new_tokens={self.max_new_tokens} must be >= 1.")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise JudgeError(f"temperature={self.temperature} must be >= 0, top_p={self.top_p} in (0, 1], top_k={self.top_k} >= 0.")
+            raise JudgeError(f"temperature={self.temperature} must be >= 0, top_p={self.top_p} in (0, 1], "
+                             f"top_k={self.top_k} >= 0.")
         if self.temperature == 0 and self.samples_per_prompt != 1:
-            raise JudgeError("temperature=0 is greedy decoding, which gives one reply per prompt: set samples_per_prompt=1.")
+            raise JudgeError("temperature=0 is greedy decoding, which gives one reply per prompt: "
+                             "set samples_per_prompt=1.")
 
     def generate_kwargs(self) -> dict:
         if self.temperature == 0:
             return {"do_sample": False, "num_beams": 1}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "num_beams": 1}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "num_beams": 1}
 
 
 def sample_replies(
@@ -402,7 +411,12 @@ def sample_replies(
 
 @dataclass(frozen=True)
 class JudgedReply:
-    """One sampled reply with its behaviour score and the base model's fluency measures."""
+    """One sampled reply with its behaviour score and the base model's fluency measures.
+
+    `n_tokens` and `loglik_per_token` count the generated ids, including the stop token when the
+    reply ended before `max_new_tokens` (ending is part of the reply); `text` is decoded without
+    special tokens and is what the judge and `repetition` read.
+    """
 
     prompt_id: str
     sample: int
@@ -495,14 +509,18 @@ def summarise_judged(replies: Sequence[JudgedReply], *, reference_loglik: float 
 # ---------------------------------------------------------------- length-normalised margins
 
 
-def completion_token_counts(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_token_counts(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens in each pair's positive and negative completion, exactly as the preference metric scores them."""
     positive = [encode(tokenizer, pair.prompt, pair.positive).completion_length for pair in pairs]
     negative = [encode(tokenizer, pair.prompt, pair.negative).completion_length for pair in pairs]
     return torch.tensor(positive, dtype=torch.float64), torch.tensor(negative, dtype=torch.float64)
 
 
-def per_token_margins(result: PreferenceResult, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]) -> torch.Tensor:
+def per_token_margins(
+    result: PreferenceResult, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]
+) -> torch.Tensor:
     """Length-normalised margins: log p(pos)/|pos| - log p(neg)/|neg| per item, in nats per token.
 
     Summed margins track reply length (long replies have large log-probabilities of either sign);
