@@ -179,6 +179,9 @@ def test_named_local_classifier_judge(tmp_path, tiny):
             logits = classifier(**tokenizer(reply, return_tensors="pt")).logits[0].double()
         assert score.item() == pytest.approx(logits.softmax(-1)[1].item(), abs=1e-5)
     assert judge.summary()["judge_label_index"] == 1
+    with_prompt = ClassifierJudge(str(tmp_path), behaviour_label=1, with_prompt=True)
+    assert with_prompt.score(["Q: hi. "], ["awful"]).item() == pytest.approx(
+        judge.score(["unused"], ["Q: hi. awful"]).item(), abs=1e-12)
     with pytest.raises(JudgeError, match="0=NEG, 1=POS"):
         ClassifierJudge(str(tmp_path), behaviour_label="happy")
 
