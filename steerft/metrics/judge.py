@@ -176,7 +176,6 @@ def fit_judge(
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[BehaviourItem],
     *,
-    formatter: PromptFormatter | None = None,
     layer: int | None = None,
     reduce: Reduce = "mean",
     held_out_frac: float = 0.3,
@@ -188,7 +187,8 @@ def fit_judge(
 ) -> FittedJudge:
     """Fit the default judge on a judge split of behaviour items, or refuse one near chance.
 
-    Every item gives two labeled completions (matching = 1, not matching = 0) after its prompt.
+    Every item gives two labeled completions (matching = 1, not matching = 0) after its plain prompt
+    (`PromptFormatter(tokenizer)`, the context `judge_generations` scores replies in).
     Items, not completions, are split into fit and held-out parts, so a held-out prompt was never
     seen in fitting. Features are the base model's block-`layer` output (default: the middle
     block), mean-pooled over the completion by default: generated replies end wherever sampling
@@ -198,7 +198,7 @@ def fit_judge(
     nothing is tuned on the held-out part. The judge is refused (JudgeError) unless its held-out
     accuracy is above 0.5 at significance `alpha` (exact one-sided binomial test).
     """
-    formatter = formatter or PromptFormatter(tokenizer)
+    formatter = PromptFormatter(tokenizer)
     if not 0 < held_out_frac < 1:
         raise JudgeError(f"held_out_frac={held_out_frac} must be in (0, 1).")
     n_held_out = round(len(items) * held_out_frac)
