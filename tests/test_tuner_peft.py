@@ -188,6 +188,36 @@ def test_seq_cls_trains_vector_and_score_head_and_reloads_both(arch, tmp_path):
     assert torch.equal(reloaded(input_ids=ids).logits, expected)
 
 
+def test_trl_reward_trainer_trains_vector_and_head_and_the_saved_adapter_reloads(tmp_path):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    _, tokenizer = tiny_model("llama")
+    rows = Dataset.from_list([{"chosen": f"a good answer {i}", "rejected": f"bad {i}"} for i in range(8)])
+    args = RewardConfig(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, learning_rate=0.1, report_to=[],
+        save_strategy="no", use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
+    )
+    config = SteerConfig(task_type="SEQ_CLS", layers=[1], init="random")
+    trainer = RewardTrainer(
+        model=_sequence_classifier("llama"), args=args, train_dataset=rows, processing_class=tokenizer, peft_config=config
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("steer.vector" in name for name in before) and any("score.modules_to_save" in name for name in before)
+    trainer.train()
+    assert all(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.model.save_pretrained(tmp_path / "adapter")
+    ids = _ids()
+    expected = trainer.model.eval()(input_ids=ids).logits
+    reloaded = PeftModel.from_pretrained(_sequence_classifier("llama"), tmp_path / "adapter")
+    assert torch.equal(reloaded(input_ids=ids).logits, expected)
+
+
+def test_default_causal_lm_task_type_on_a_classifier_says_what_to_set():
+    with pytest.raises(ValueError, match="task_type='SEQ_CLS'"):
+        get_peft_model(_sequence_classifier("llama"), SteerConfig(layers=[1]))
+
+
 def test_trainable_token_indices_trains_those_embeddings(tmp_path):
     base, _ = tiny_model("llama")
     model = get_peft_model(base, SteerConfig(layers=[1], trainable_token_indices=[5, 6]))
@@ -233,18 +263,16 @@ def test_mixed_adapter_batch_forward_steers_each_row_with_its_adapter(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_mixed_adapter_batch_generate_matches_one_by_one(arch):
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_mixed_adapter_batch_generate_matches_one_by_one(arch, num_beams):
     model, _ = _two_adapters(arch)
     ids = _ids(batch=3)
     names = ["default", "other", "__base__"]
-    mixed = model.generate(input_ids=ids, adapter_names=names, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    settings = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams, pad_token_id=0)
+    mixed = model.generate(input_ids=ids, adapter_names=names, **settings)
     for row, name in enumerate(names):
-        single = _with_adapter(
-            model, name, lambda: model.generate(input_ids=ids[row : row + 1], max_new_tokens=4, do_sample=False, pad_token_id=0)
-        )
+        single = _with_adapter(model, name, lambda: model.generate(input_ids=ids[row : row + 1], **settings))
         assert torch.equal(mixed[row], single[0])
-    beams = model.generate(input_ids=ids, adapter_names=names, max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
-    assert beams.shape[0] == 3
 
 
 def test_mixed_adapter_batch_refusals_are_clear():
@@ -284,8 +312,9 @@ def test_merge_adapter_is_exact_and_unmerge_restores_the_weights_bit_for_bit(arc
     assert torch.equal(model(ids).logits, expected)
 
 
-def test_disabling_a_merged_adapter_gives_the_base_model():
-    base, _ = tiny_model("llama")
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_disabling_a_merged_adapter_gives_the_base_model(arch):
+    base, _ = tiny_model(arch)
     ids = _ids()
     reference = base(ids).logits
     model = get_peft_model(base, SteerConfig(layers=[1], init=_random_vectors(base, [1])))
@@ -358,6 +387,16 @@ def test_loading_with_a_missing_vector_is_an_error(tmp_path):
     base, _ = tiny_model("llama")
     with pytest.raises(ValueError, match=r"missing: \[2\]; unexpected: \[\]"):
         PeftModel.from_pretrained(base, tmp_path / "adapter")
+
+
+def test_non_finite_saved_vector_is_refused(tmp_path):
+    _saved_adapter(tmp_path, layers=[1])
+    weights_path = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights = load_file(weights_path)
+    weights["base_model.model.model.layers.1.steer.vector.weight"][0] = math.inf
+    save_file(weights, weights_path)
+    with pytest.raises(ValueError, match="block 1 in the checkpoint contains NaN or inf"):
+        PeftModel.from_pretrained(tiny_model("llama")[0], tmp_path / "adapter")
 
 
 def test_truncated_weights_file_is_named(tmp_path):

@@ -37,7 +37,10 @@ class SteerConfig(PeftConfig):
         "ablate_add": h - (h . u) u + m * v              (sets the component along u to m |v|)
     init: "zeros" (the adapter starts exactly at the base model), "random" (a random unit vector), or
         given vectors: one tensor for every layer, or a mapping layer -> tensor. Given vectors are not
-        written into `adapter_config.json`; they live in the adapter weights.
+        written into `adapter_config.json`; they live in the adapter weights. A trainable ablation needs a
+        direction to start from, so `ablate`/`ablate_add` with `trainable=True` refuse "zeros".
+    modules_to_save, trainable_token_indices: as in PEFT's own methods (e.g. the `score` head that
+        `task_type="SEQ_CLS"` adds, or embeddings of tokens a chat template adds).
     """
 
     layers: Union[int, list[int]] = field(default_factory=lambda: [12], metadata={"help": "Block indices; negative counts from the end."})

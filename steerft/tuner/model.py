@@ -56,6 +56,11 @@ class SteerModel(BaseTuner):
                 f"SteerConfig.operator={config.operator!r} needs to know which modules of {type(model).__name__} write "
                 "into the residual stream; register them with steerft.register_architecture(...), or use operator='add'."
             )
+        if config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
+            raise ValueError(
+                f"SteerConfig.task_type is 'CAUSAL_LM' (the default), but {type(model).__name__} does not generate text; "
+                "set task_type to match the model, e.g. SteerConfig(task_type='SEQ_CLS', ...) for a reward model."
+            )
         width = hidden_size(model)
         self._install_positions_hook(model, arch)
         with init_empty_weights() if low_cpu_mem_usage else nullcontext():  # PEFT then loads the weights with assign=True
