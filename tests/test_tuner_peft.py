@@ -140,6 +140,7 @@ def test_trainable_ablation_from_zeros_is_refused_at_config_time(operator):
     with pytest.raises(ValueError, match="can never train.*init='random'"):
         SteerConfig(layers=[1], operator=operator)
     assert SteerConfig(layers=[1], operator=operator, trainable=False).init == "zeros"
+    assert SteerConfig(layers=[1], operator=operator, inference_mode=True).trainable  # as saved adapter configs say
 
 
 @pytest.mark.parametrize("operator", ["ablate", "ablate_add"])

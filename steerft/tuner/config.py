@@ -75,13 +75,13 @@ class SteerConfig(PeftConfig):
         else:
             self.given_vectors = _check_vectors(self.init, self.layers)
             self.init = "given"
-        if self.operator != "add" and self.init == "zeros" and self.trainable:
+        # Saved adapters carry inference_mode=True and their trained vectors, so loading them stays possible.
+        if self.operator != "add" and self.init == "zeros" and self.trainable and not self.inference_mode:
             raise ValueError(
                 f"SteerConfig(operator={self.operator!r}, init='zeros', trainable=True) can never train: a zero vector has "
                 "no direction to remove, so no gradient reaches it. Start from init='random' or given vectors "
                 "(e.g. an extracted direction), or set trainable=False."
             )
-
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any) -> "SteerConfig":

@@ -9,7 +9,6 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Optional
 
 import torch
-
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils.integrations import init_empty_weights
 from peft.utils.other import set_additional_trainable_modules
