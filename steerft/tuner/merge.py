@@ -6,6 +6,10 @@
   the residual stream (embeddings, attention and MLP outputs) equals orthogonalising those weights
   (Arditi et al. 2024).
 Every other case changes the model in a way no weight edit reproduces, and is refused with the reason.
+
+`merge_and_unload` merges for good, so its result must also survive save -> reload: an `add` merge is refused
+where the config cannot declare the bias (qwen2, qwen3, mistral). `merge_adapter` merges `add` in memory and
+remembers the biases, so `unmerge_adapter` restores them bit for bit.
 """
 
 from __future__ import annotations
