@@ -16,7 +16,7 @@ from steerft import MergeError, SteerConfig
 from steerft.models import tiny_model
 
 ARCHS = ["llama", "gemma3", "qwen2", "mistral", "gpt2"]
-MERGEABLE_ADD = ["llama", "qwen2", "mistral", "gpt2"]
+MERGEABLE_ADD = ["llama", "gpt2"]  # the others cannot save the bias: see test_tuner_peft.py
 
 
 def _ids(batch: int = 2, seq: int = 9, seed: int = 0) -> torch.Tensor:
@@ -282,10 +282,9 @@ def test_merge_add_equals_hooked(arch, tmp_path):
     merged = model.merge_and_unload()
     assert not any("steer" in name for name, _ in merged.named_modules())
     torch.testing.assert_close(merged(ids).logits, expected, atol=1e-4, rtol=0)
-    if arch in ("llama", "gpt2"):  # their stock classes reload the folded bias
-        merged.save_pretrained(tmp_path / "merged")
-        reloaded = type(merged).from_pretrained(tmp_path / "merged")
-        torch.testing.assert_close(reloaded(ids).logits, expected, atol=1e-4, rtol=0)
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = type(merged).from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(reloaded(ids).logits, expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])

@@ -23,7 +23,8 @@ class Architecture:
     bias_target: per-block linear projection whose output is added to the residual stream unnormalised,
         so that a constant vector can be folded into its bias; None when a norm follows it.
     bias_flag: config attribute that makes the architecture create that bias on reload (e.g. llama's
-        `mlp_bias`), with the sibling projections that the flag also gives a bias.
+        `mlp_bias`), with the sibling projections that the flag also gives a bias. Without a flag, a merge
+        for good needs the projection to have a bias already (gpt2); otherwise it is refused.
     """
 
     blocks: str

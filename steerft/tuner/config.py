@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import torch
 from peft.config import PeftConfig
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors import safe_open
 
 from .register import STEER_PEFT_TYPE
 
@@ -34,7 +37,10 @@ class SteerConfig(PeftConfig):
         "ablate_add": h - (h . u) u + m * v              (sets the component along u to m |v|)
     init: "zeros" (the adapter starts exactly at the base model), "random" (a random unit vector), or
         given vectors: one tensor for every layer, or a mapping layer -> tensor. Given vectors are not
-        written into `adapter_config.json`; they live in the adapter weights.
+        written into `adapter_config.json`; they live in the adapter weights. A trainable ablation needs a
+        direction to start from, so `ablate`/`ablate_add` with `trainable=True` refuse "zeros".
+    modules_to_save, trainable_token_indices: as in PEFT's own methods (e.g. the `score` head that
+        `task_type="SEQ_CLS"` adds, or embeddings of tokens a chat template adds).
     """
 
     layers: Union[int, list[int]] = field(default_factory=lambda: [12], metadata={"help": "Block indices; negative counts from the end."})
@@ -44,6 +50,14 @@ class SteerConfig(PeftConfig):
     init: Any = field(default="zeros", metadata={"help": "'zeros', 'random', or vectors per layer."})
     trainable: bool = field(default=True, metadata={"help": "Whether the vectors receive gradients."})
     blocks_path: Union[str, None] = field(default=None, metadata={"help": "Dotted path of the decoder block list, for unknown architectures."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Extra modules trained fully and saved with the adapter (e.g. a classification head)."},
+    )
+    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
+        default=None,
+        metadata={"help": "Token ids whose embeddings are trained and saved (e.g. tokens a chat template adds)."},
+    )
 
     def __post_init__(self) -> None:
         if self.task_type is None:
@@ -53,9 +67,7 @@ class SteerConfig(PeftConfig):
         self.layers = _check_layers(self.layers)
         _check_choice("positions", self.positions, POSITIONS)
         _check_choice("operator", self.operator, OPERATORS)
-        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not math.isfinite(self.multiplier):
-            raise ValueError(f"SteerConfig.multiplier must be a finite number, got {self.multiplier!r}.")
-        self.multiplier = float(self.multiplier)
+        self.multiplier = check_multiplier(self.multiplier)
         # Not a dataclass field: given vectors travel in the adapter weights, never in adapter_config.json.
         self.given_vectors: dict[int, torch.Tensor] = {}
         if isinstance(self.init, str):
@@ -63,6 +75,37 @@ class SteerConfig(PeftConfig):
         else:
             self.given_vectors = _check_vectors(self.init, self.layers)
             self.init = "given"
+        # Saved adapters carry inference_mode=True and their trained vectors, so loading them stays possible.
+        if self.operator != "add" and self.init == "zeros" and self.trainable and not self.inference_mode:
+            raise ValueError(
+                f"SteerConfig(operator={self.operator!r}, init='zeros', trainable=True) can never train: a zero vector has "
+                "no direction to remove, so no gradient reaches it. Start from init='random' or given vectors "
+                "(e.g. an extracted direction), or set trainable=False."
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any) -> "SteerConfig":
+        """PEFT reads the weights later and reports a damaged file without its name; check it here, by name."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        _check_weights_readable(Path(pretrained_model_name_or_path, subfolder or "", SAFETENSORS_WEIGHTS_NAME))
+        return config
+
+
+def _check_weights_readable(path: Path) -> None:
+    if not path.is_file():
+        return  # a hub id, or weights PEFT will look for elsewhere
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); save the adapter again.") from None
+
+
+def check_multiplier(multiplier: Any) -> float:
+    """A multiplier as a float; NaN, inf and non-numbers would make every logit meaningless."""
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not math.isfinite(multiplier):
+        raise ValueError(f"The steering multiplier must be a finite number, got {multiplier!r}.")
+    return float(multiplier)
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:

@@ -41,12 +41,13 @@ class SteerVector(nn.Module):
 
 
 class TokenPositions:
-    """Which tokens of the forward pass in progress are completion tokens.
+    """Which tokens of the forward pass in progress are steered, and by which adapter.
 
     Filled by a pre-hook on the module that owns the block list, before any block runs:
     from an explicit mask handed over by `SteerModel.forward` (from `labels` or `steer_mask`), or,
     during generation, from the KV cache: a pass over new tokens with a non-empty cache is
-    completion, the first pass over the prompt is not.
+    completion, the first pass over the prompt is not. `adapter_rows` (PEFT's `adapter_names=`)
+    names one adapter per row, `"__base__"` for rows left unsteered.
     """
 
     def __init__(self) -> None:
@@ -54,10 +55,14 @@ class TokenPositions:
         self.override: torch.Tensor | None = None
         self.pending_completion: torch.Tensor | None = None
         self.pending_override: torch.Tensor | None = None
+        self.adapter_rows: list[str] | None = None
+        self._rows: list[str] | None = None
+        self._device: torch.device | None = None
 
     def begin_forward(self, batch: int, seq: int, past_length: int, device: torch.device) -> None:
         pending, self.pending_completion = self.pending_completion, None
         self.override, self.pending_override = self.pending_override, None
+        self._device = device
         if pending is not None:
             _check_mask_shape("labels", pending, batch, seq)
             self.completion = pending.to(device)
@@ -66,14 +71,32 @@ class TokenPositions:
         if self.override is not None:
             _check_mask_shape("steer_mask", self.override, batch, seq)
             self.override = self.override.to(device=device, dtype=torch.bool)
+        self._rows = None if self.adapter_rows is None else _rows_for_batch(self.adapter_rows, batch)
 
-    def mask(self, positions: str) -> torch.Tensor | None:
-        """Boolean (batch, seq) mask of steered tokens, or None for every token."""
+    def mask(self, positions: str, adapter_name: str) -> torch.Tensor | None:
+        """Boolean mask of steered tokens, (batch, seq) or (batch, 1), or None for every token."""
         if self.override is not None:
-            return self.override
-        if positions == "all" or self.completion is None:
-            return None
-        return self.completion if positions == "completion" else ~self.completion
+            tokens = self.override
+        elif positions == "all" or self.completion is None:
+            tokens = None
+        else:
+            tokens = self.completion if positions == "completion" else ~self.completion
+        if self._rows is None:
+            return tokens
+        rows = torch.tensor([name == adapter_name for name in self._rows], device=self._device).unsqueeze(-1)
+        return rows if tokens is None else tokens & rows
+
+    def row_adapters(self) -> set[str] | None:
+        """The adapters a mixed batch names, or None when every row uses the active adapters."""
+        return None if self._rows is None else set(self._rows)
+
+
+def _rows_for_batch(adapter_rows: list[str], batch: int) -> list[str]:
+    """`generate` repeats each input row for beams and return sequences; repeat its adapter name alike."""
+    if batch % len(adapter_rows):
+        raise ValueError(f"adapter_names has {len(adapter_rows)} entries but the batch has {batch} rows; give one per row.")
+    repeats = batch // len(adapter_rows)
+    return [name for name in adapter_rows for _ in range(repeats)]
 
 
 def _check_mask_shape(name: str, mask: torch.Tensor, batch: int, seq: int) -> None:
@@ -118,6 +141,8 @@ class SteerLayer(nn.Module, BaseTunerLayer):
         self._active_adapter: list[str] = []
         self.merged_adapters = []
         self._positions = positions
+        self.__dict__["_block"] = block  # not a child: the block owns this layer, not the other way round
+        self.bias_before_merge: dict[str, torch.Tensor | None] = {}  # merge_adapter: the bias to restore
         self._handles = [
             block.register_forward_pre_hook(self._ablate_input_hook, prepend=True),
             block.register_forward_hook(self._output_hook, prepend=True),
@@ -142,19 +167,34 @@ class SteerLayer(nn.Module, BaseTunerLayer):
             handle.remove()
         self._handles = []
 
-    def _active(self, operators: Sequence[str]) -> list[tuple[torch.Tensor, SteerConfig]]:
+    @property
+    def block(self) -> nn.Module:
+        return self.__dict__["_block"]
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Vectors follow the block's device and stay float32 (cast to the activations' dtype when used)."""
+        if adapter_name not in self.vector or self.vector[adapter_name].weight.is_meta:
+            return
+        if device is None:
+            device = next((p.device for p in self.block.parameters() if not p.is_meta), None)
+        if device is not None:
+            self.vector[adapter_name].to(device)
+
+    def _active(self, operators: Sequence[str]) -> list[tuple[str, torch.Tensor, SteerConfig]]:
         if self.disable_adapters:
             return []
+        names = self._positions.row_adapters()
+        names = self.active_adapters if names is None else sorted(names)
         return [
-            (self.vector[name].weight, self.settings[name])
-            for name in self.active_adapters
-            if name in self.vector and self.settings[name].operator in operators
+            (name, self.vector[name].weight, self.settings[name])
+            for name in names
+            if name in self.vector and name not in self.merged_adapters and self.settings[name].operator in operators
         ]
 
     def _ablate(self, hidden: torch.Tensor) -> torch.Tensor:
-        for vector, config in self._active(("ablate", "ablate_add")):
+        for name, vector, config in self._active(("ablate", "ablate_add")):
             scale = config.multiplier if config.operator == "ablate" else 1.0
-            hidden = remove_direction(hidden, vector, scale, self._positions.mask(config.positions))
+            hidden = remove_direction(hidden, vector, scale, self._positions.mask(config.positions, name))
         return hidden
 
     def _ablate_input_hook(self, block: nn.Module, args: tuple):
@@ -173,8 +213,8 @@ class SteerLayer(nn.Module, BaseTunerLayer):
         if not active:
             return None
         hidden = hidden_of(output)
-        for vector, config in active:
+        for name, vector, config in active:
             delta = config.multiplier * vector.to(hidden.dtype)
-            hidden = hidden + _masked(delta, self._positions.mask(config.positions))
+            hidden = hidden + _masked(delta, self._positions.mask(config.positions, name))
         return with_hidden(output, hidden)
 

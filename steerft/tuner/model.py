@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils.integrations import init_empty_weights
+from peft.utils.other import set_additional_trainable_modules
 from torch import nn
 
 from .arch import Architecture, architecture_of, block_stack, decoder_blocks, hidden_size
-from .config import SteerConfig
+from .config import SteerConfig, check_multiplier
 from .layer import SteerLayer, TokenPositions
-from .merge import merge_adapters
+from .merge import MergeError, merge_adapters, merge_reversibly, unmerge
 
 
 class SteerModel(BaseTuner):
@@ -29,7 +32,8 @@ class SteerModel(BaseTuner):
     `steer_mask=` (batch, seq) boolean passed to `forward`, which overrides `positions`.
     """
 
-    prefix: str = "steer_"  # PEFT skips modules whose path contains the prefix; our layers are named `steer`
+    # PEFT (and its generic tests) find adapter parameters by `prefix in name`: ours are `...steer.vector.<adapter>.weight`.
+    prefix: str = "steer."
     tuner_layer_cls = SteerLayer
     target_module_mapping: dict[str, list[str]] = {}
 
@@ -51,14 +55,27 @@ class SteerModel(BaseTuner):
                 f"SteerConfig.operator={config.operator!r} needs to know which modules of {type(model).__name__} write "
                 "into the residual stream; register them with steerft.register_architecture(...), or use operator='add'."
             )
+        if config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
+            raise ValueError(
+                f"SteerConfig.task_type is 'CAUSAL_LM' (the default), but {type(model).__name__} does not generate text; "
+                "set task_type to match the model, e.g. SteerConfig(task_type='SEQ_CLS', ...) for a reward model."
+            )
         width = hidden_size(model)
         self._install_positions_hook(model, arch)
-        for raw_layer, layer in zip(config.layers, layers):
-            steer_layer = self._steer_layer(blocks[layer], arch, layer)
-            steer_layer.update_layer(adapter_name, config, width, _initial_vector(config, raw_layer, width))
-            self.targeted_module_names.append(f"{arch.blocks}.{layer}")
+        with init_empty_weights() if low_cpu_mem_usage else nullcontext():  # PEFT then loads the weights with assign=True
+            for raw_layer, layer in zip(config.layers, layers):
+                steer_layer = self._steer_layer(blocks[layer], arch, layer)
+                steer_layer.update_layer(adapter_name, config, width, _initial_vector(config, raw_layer, width))
+                self.targeted_module_names.append(f"{arch.blocks}.{layer}")
         self._mark_only_adapters_as_trainable(model)
         self._set_trainability()
+        set_additional_trainable_modules(
+            model=model,
+            peft_config=config,
+            model_config=BaseTuner.get_model_config(self),
+            adapter_name=adapter_name,
+            activate_adapter=adapter_name in self.active_adapters,
+        )
         if _checkpointing_on(model):
             warnings.warn(
                 "Gradient checkpointing is on: PEFT then makes backward run through every block. A steering vector "
@@ -129,10 +146,44 @@ class SteerModel(BaseTuner):
         finally:
             positions.pending_completion = positions.pending_override = None
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """Mixed batches: `adapter_names=[...]` steers each row with its own adapter ("__base__": none)."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        self._check_adapter_names(adapter_names)
+        positions = self._positions
+        positions.adapter_rows = list(adapter_names)
+        try:
+            yield
+        finally:
+            positions.adapter_rows = None
+
+    def _check_adapter_names(self, adapter_names: Any) -> None:
+        if not isinstance(adapter_names, (list, tuple)) or not all(isinstance(name, str) for name in adapter_names):
+            raise TypeError(f"adapter_names must be a list with one adapter name per row, got {adapter_names!r}.")
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if any(layer.merged for layer in self._steer_layers()):
+            raise ValueError("Cannot pass `adapter_names` while an adapter is merged; call unmerge_adapter() first.")
+        unknown = sorted(set(adapter_names) - {"__base__"} - set(self.peft_config))
+        if unknown:
+            raise ValueError(
+                f"adapter_names names unknown adapter(s) {unknown}; adapters: {sorted(self.peft_config)} "
+                "(use '__base__' for unsteered rows)."
+            )
+
     def set_multiplier(self, multiplier: float, adapter_name: Optional[str] = None) -> None:
         """Change the inference-time scale of an adapter (default: the active ones) in place."""
-        for name in self._names(adapter_name):
-            self.peft_config[name].multiplier = float(multiplier)
+        multiplier = check_multiplier(multiplier)
+        names = self._names(adapter_name)
+        merged = [name for name in names if any(name in layer.merged_adapters for layer in self._steer_layers())]
+        if merged:
+            raise MergeError(f"Adapter(s) {merged} are merged with their multiplier; call unmerge_adapter() first.")
+        for name in names:
+            self.peft_config[name].multiplier = multiplier
 
     @contextmanager
     def using_multiplier(self, multiplier: float, adapter_name: Optional[str] = None) -> Iterator[None]:
@@ -191,9 +242,11 @@ class SteerModel(BaseTuner):
         safe_merge: bool = False,
         adapter_names: Optional[list[str]] = None,
     ) -> nn.Module:
+        layers = list(self._steer_layers())
+        unmerge(layers)  # merge_and_unload folds for good below; unload() returns the base model exactly
         if merge:
             names = adapter_names or list(self.active_adapters)
-            merge_adapters(self.model, [(name, self.peft_config[name]) for name in names], list(self._steer_layers()))
+            merge_adapters(self.model, [(name, self.peft_config[name]) for name in names], layers, safe_merge)
         for layer in list(self._steer_layers()):
             _detach_layer(self.model, layer)
         handle = self.__dict__.pop("_positions_handle", None)
@@ -204,16 +257,45 @@ class SteerModel(BaseTuner):
         return self.model
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        raise NotImplementedError(
-            "A steering adapter merges only for good: use merge_and_unload() (ablation cannot be undone)."
-        )
+        """Fold `add` adapters into the block biases in memory; `unmerge_adapter()` restores the biases exactly."""
+        self._check_merge_allowed()
+        layers = list(self._steer_layers())
+        for name in adapter_names or list(self.active_adapters):
+            if name not in self.peft_config:
+                raise ValueError(f"Unknown adapter {name!r}; adapters: {sorted(self.peft_config)}.")
+            merge_reversibly(self.model, name, self.peft_config[name], layers, safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        unmerge(list(self._steer_layers()))
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """Disabling must give the base model, so merged adapters are unmerged first (as PEFT's LoRA does)."""
+        if not enabled and any(layer.merged for layer in self._steer_layers()):
+            warnings.warn("Unmerging merged steering adapters before disabling them.")
+            self.unmerge_adapter()
+        super()._enable_adapter_layers(enabled)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        """Vectors follow the model's device; they stay float32 and are cast to the activations' dtype when used."""
-        device = next(self.model.parameters()).device
+        """Vectors follow their block's device; they stay float32 and are cast to the activations' dtype when used."""
         for layer in self._steer_layers():
-            if adapter_name in layer.vector:
-                layer.vector[adapter_name].to(device)
+            layer._move_adapter_to_device_of_base_layer(adapter_name)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: SteerConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Loading is strict: the saved vectors must be exactly the blocks the config steers."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        wanted = _blocks_with_vectors(model.state_dict(), adapter_name)
+        saved = _blocks_with_vectors(remapped)
+        if wanted != saved:
+            raise ValueError(
+                f"The saved steering vectors do not match the adapter config: layers={config.layers} steers blocks "
+                f"{sorted(wanted)}, but the weights hold vectors for blocks {sorted(saved)} (missing: "
+                f"{sorted(wanted - saved)}; unexpected: {sorted(saved - wanted)}). Fix `layers` in adapter_config.json "
+                "or save the adapter again."
+            )
+        return remapped
 
 
 def resolve_layers(layers: list[int], n_blocks: int) -> list[int]:
@@ -237,6 +319,16 @@ def _initial_vector(config: SteerConfig, raw_layer: int, hidden_size: int) -> to
         vector = torch.randn(hidden_size)
         return vector / vector.norm()
     return config.given_vectors.get(raw_layer)
+
+
+def _blocks_with_vectors(state_dict: dict[str, torch.Tensor], adapter_name: Optional[str] = None) -> set[int]:
+    """Block indices of the steering vectors in a state dict: `...<index>.steer.vector[.<adapter>].weight`.
+
+    A checkpoint key with no matching model parameter keeps its saved form, without the adapter name.
+    """
+    adapter = r"(?:[^.]+\.)?" if adapter_name is None else re.escape(adapter_name) + r"\."
+    pattern = re.compile(rf"\.(\d+)\.steer\.vector\.{adapter}weight$")
+    return {int(match.group(1)) for key in state_dict if (match := pattern.search(key))}
 
 
 def _checkpointing_on(model: nn.Module) -> bool:
