@@ -6,7 +6,7 @@ the base on neutral prompts, cross-entropy on general text) and greedy samples, 
 a study reports (t-intervals, a loud warning when the base model is at chance on a format).
 """
 
-from .competence import competence_warning
+from .competence import AnswerShift, CompetenceVerdict, answer_shift, competence_check, competence_warning
 from .generation import generate_samples
 from .logprobs import completion_logprobs
 from .preference import (
@@ -19,21 +19,28 @@ from .preference import (
     steerability,
 )
 from .side_effects import cross_entropy, kl_to_base, reference_continuations
-from .stats import chance_band, mean_ci95, t_critical
+from .stats import Interval, chance_band, distinguishable_from_zero, mean_ci95, paired_interval, t_critical
 
 __all__ = [
     "ABResult",
+    "AnswerShift",
+    "CompetenceVerdict",
+    "Interval",
     "PreferenceResult",
     "ab_probability",
     "answer_letter",
+    "answer_shift",
     "anti_steerable_fraction",
     "chance_band",
+    "competence_check",
     "competence_warning",
     "completion_logprobs",
     "cross_entropy",
+    "distinguishable_from_zero",
     "generate_samples",
     "kl_to_base",
     "mean_ci95",
+    "paired_interval",
     "preference",
     "reference_continuations",
     "steerability",
