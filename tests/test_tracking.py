@@ -73,7 +73,8 @@ def test_tracking_sends_temp_files_to_the_process_own_folder() -> None:
 
 
 # steerft/io.py is loaded by path: importing the steerft package would load torch and PEFT in each process.
-_LOAD_IO = (f"import importlib.util; spec = importlib.util.spec_from_file_location('steerft_io', {str(REPO / 'steerft' / 'io.py')!r}); "
+_LOAD_IO = ("import importlib.util; "
+            f"spec = importlib.util.spec_from_file_location('steerft_io', {str(REPO / 'steerft' / 'io.py')!r}); "
             "io = importlib.util.module_from_spec(spec); spec.loader.exec_module(io); io.use_process_tempdir()")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from steerft.data.format import PromptFormatter
@@ -27,14 +27,15 @@ def read_text(path: Path) -> str:
     """
     raw = _read_bytes(path)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+        line = raw.count(b"\n", 0, max(raw.find(b"\x00"), 0)) + 1
         raise BehaviourDataError("the file is UTF-16 or binary (it has a UTF-16 byte-order mark or NUL bytes); "
-                                 "re-save it as UTF-8", source=str(path), line=raw.count(b"\n", 0, max(raw.find(b"\x00"), 0)) + 1)
+                                 "re-save it as UTF-8", source=str(path), line=line)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line_start = raw.rfind(b"\n", 0, err.start) + 1
-        raise BehaviourDataError(f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start - line_start + 1}); "
-                                 "re-save the file as UTF-8", source=str(path), line=raw.count(b"\n", 0, err.start) + 1) from None
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        raise BehaviourDataError(f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {column}); re-save the file "
+                                 "as UTF-8", source=str(path), line=raw.count(b"\n", 0, err.start) + 1) from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -53,24 +54,6 @@ def _read_bytes(path: Path) -> bytes:
 def content_key(item: BehaviourItem) -> str:
     """What makes two items the same item: prompt and both completions (not the id)."""
     return json.dumps([item.prompt, item.matching.strip(), item.not_matching.strip()], ensure_ascii=False)
-
-
-def deduplicate(items: Iterable[BehaviourItem]) -> tuple[list[BehaviourItem], int]:
-    """The first copy of every item and how many later copies were dropped.
-
-    A repeated item would otherwise land in training and in test at once.
-    """
-    seen: set[str] = set()
-    kept: list[BehaviourItem] = []
-    dropped = 0
-    for item in items:
-        key = content_key(item)
-        if key in seen:
-            dropped += 1
-        else:
-            seen.add(key)
-            kept.append(item)
-    return kept, dropped
 
 
 def length_filter(items: Sequence[BehaviourItem], fmt: PromptFormatter, *, max_prompt_tokens: int | None = None,
@@ -94,8 +77,8 @@ def length_filter(items: Sequence[BehaviourItem], fmt: PromptFormatter, *, max_p
     for item in items:
         if max_prompt_tokens is not None and _tokens(fmt, fmt.prompt(item)) > max_prompt_tokens:
             dropped[PROMPT_TOO_LONG] += 1
-        elif max_completion_tokens is not None and max(
-                _tokens(fmt, fmt.completion(text)) for text in (item.matching, item.not_matching)) > max_completion_tokens:
+        elif max_completion_tokens is not None and max(_tokens(fmt, fmt.completion(text)) for text in (
+                item.matching, item.not_matching)) > max_completion_tokens:
             dropped[COMPLETION_TOO_LONG] += 1
         else:
             kept.append(item)

@@ -60,8 +60,9 @@ class CompetenceVerdict:
                 "message": self.message}
 
 
-def competence_check(result: Numbers | PreferenceResult | ABResult, matching_answers: Sequence[str | None] | None = None,
-                     *, metric_name: str = "behaviour", alpha: float = ALPHA) -> CompetenceVerdict:
+def competence_check(result: Numbers | PreferenceResult | ABResult,
+                     matching_answers: Sequence[str | None] | None = None, *, metric_name: str = "behaviour",
+                     alpha: float = ALPHA) -> CompetenceVerdict:
     """Judge whether the base model is measurably above chance on the behaviour, answer bias removed.
 
     Two-answer formats (every item's matching answer named, two distinct answers): balanced
@@ -224,5 +225,5 @@ def _message(passed: bool, metric_name: str, detail: str, alpha: float, bias: st
     if passed:
         return f"Competence check passed on {metric_name}: {detail}.{bias}"
     return (f"BASE MODEL AT CHANCE on {metric_name}: {detail}, not measurably above chance (p >= {alpha}).{bias} "
-            "Differences between methods on this metric are not behaviour changes; use a metric the base model "
-            "is competent at (e.g. full-completion preference) or a stronger model.")
+            "Differences between methods on this metric are meaningless, not behaviour changes; use a metric the "
+            "base model is competent at (e.g. full-completion preference) or a stronger model.")

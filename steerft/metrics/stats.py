@@ -116,13 +116,15 @@ def paired_interval(method: Numbers, baseline: Numbers | None = None, *, level: 
         values = values - torch.as_tensor(baseline, dtype=torch.float64)
     values = values.reshape(1, -1) if values.dim() <= 1 else values
     if values.dim() != 2 or values.numel() == 0:
-        raise ValueError(f"paired_interval needs values of shape (items,) or (seeds, items), got {tuple(values.shape)}.")
+        raise ValueError(f"paired_interval needs values of shape (items,) or (seeds, items), "
+                         f"got {tuple(values.shape)}.")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
     n_seeds, n_items = values.shape
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(n_items, (n_boot, n_items), generator=generator)
-    counts = torch.zeros(n_boot, n_items, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    counts = torch.zeros(n_boot, n_items, dtype=torch.float64)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))  # times each item was drawn
     per_seed = counts @ values.T / n_items  # (n_boot, seeds): each seed's mean over the resampled items
     if n_seeds > 1:
         per_seed = per_seed.gather(1, torch.randint(n_seeds, (n_boot, n_seeds), generator=generator))
