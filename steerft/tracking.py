@@ -39,7 +39,7 @@ def logged_in() -> bool:
     import wandb
     from wandb.sdk.lib import wbauth
 
-    settings = wandb.Settings()
+    settings = wandb.Settings(silent=True)  # silent: loading the settings file is not news to the user
     # the user's settings file, where wandb's own set-up finds it (`wandb login --host` writes it)
     config_dir = os.path.expanduser(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb")
     settings.settings_system = os.path.join(config_dir, "settings")

@@ -253,3 +253,19 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_dir(tmp_path / "d"):
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_split_refuses_repeated_items() -> None:
+    items = [BehaviourItem(f"f{i}", f"Prompt {i % 9}", "good", "bad") for i in range(10)]
+    with pytest.raises(BehaviourDataError, match="1 items repeat another item's prompt"):
+        split_items(items, seed=0)
+
+
+def test_repeated_statements_are_dropped(tmp_path: Path, capsys) -> None:
+    from steerft.data import load_statements
+
+    rows = [{"statement": "Water is wet.", "label": True}, {"statement": "Fire is cold.", "label": False},
+            {"statement": "Water is wet.", "label": True}]
+    dataset = load_statements(write_rows(tmp_path / "facts.jsonl", rows))
+    assert [s.text for s in dataset] == ["Water is wet.", "Fire is cold."] and dataset.dropped == {DUPLICATE: 1}
+    assert "dropped 1 of 3 rows" in capsys.readouterr().out

@@ -109,8 +109,12 @@ class Statement:
 
 @dataclass
 class StatementDataset(_ItemList[Statement]):
-    """Labelled statements; labels are only used for evaluation by unsupervised methods."""
+    """Labelled statements; labels are only used for evaluation by unsupervised methods.
+
+    ``dropped`` counts the rows the loader left out, by reason (repeated statements).
+    """
 
     name: str
     items: list[Statement]
     description: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)

@@ -68,15 +68,21 @@ def load_behaviour(source: str | os.PathLike, *, fields: dict[str, str] | None =
 
 def load_statements(source: str | os.PathLike, *, fields: dict[str, str] | None = None,
                     split: str = "train", name: str | None = None) -> StatementDataset:
-    """Load ``{"statement": str, "label": bool}`` rows (e.g. the bundled ``"truth"``)."""
+    """Load ``{"statement": str, "label": bool}`` rows (e.g. the bundled ``"truth"``).
+
+    A repeated statement (same text and label) is dropped, with a printed count, like a repeated item.
+    """
     data = read_source(source, split)
     dataset_name = name or data.meta.get("name") or data.name
-    items: list[Statement] = [
-        statement(rename(r, fields, STATEMENT_FIELDS), f"{dataset_name}-{i}") for i, r in enumerate(data.records)
-    ]
-    _check_unique_ids(data.records, [item.id for item in items])
-    return StatementDataset(name=dataset_name, items=items,
-                            description=data.meta.get("description", ""))
+    kept: dict[tuple[str, bool], tuple[Record, Statement]] = {}
+    for i, record in enumerate(data.records):
+        item = statement(rename(record, fields, STATEMENT_FIELDS), f"{dataset_name}-{i}")
+        kept.setdefault((item.text.strip(), item.label), (record, item))
+    dropped = {DUPLICATE: len(data.records) - len(kept)} if len(kept) < len(data.records) else {}
+    _check_unique_ids([record for record, _ in kept.values()], [item.id for _, item in kept.values()])
+    report_drops(dataset_name, len(data.records), dropped)
+    return StatementDataset(name=dataset_name, items=[item for _, item in kept.values()],
+                            description=data.meta.get("description", ""), dropped=dropped)
 
 
 def load_texts(source: str | os.PathLike, field: str = "text", *, split: str = "train") -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
-from steerft.data.hygiene import read_text
+from steerft.data.hygiene import content_key, read_text
 from steerft.data.items import BehaviourDataError, BehaviourItem, answer_key
 
 T = TypeVar("T")
@@ -69,6 +69,7 @@ def split_items(items: Sequence[T], seed: int, val_frac: float = 0.2, test_frac:
     to within one item, and the balance is printed. ``held_out`` fixes test and validation by id
     instead (the fractions are then unused).
     """
+    _check_no_repeats(items)
     if held_out is not None:
         return _held_out_splits(items, held_out)
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
@@ -118,6 +119,15 @@ def training_subset(train_items: Sequence[T], n: int, seed: int) -> list[T]:
             "lower n, or give the training split a larger share (smaller val_frac/test_frac) or use more data")
     order = _permutation(len(train_items), f"steerft.subset:{seed}")
     return [train_items[i] for i in order[:n]]
+
+
+def _check_no_repeats(items: Sequence[T]) -> None:
+    """A repeated item would land on both sides of the split; ``load_behaviour`` drops repeats."""
+    behaviour = [item for item in items if isinstance(item, BehaviourItem)]
+    repeats = len(behaviour) - len({content_key(item) for item in behaviour})
+    if repeats:
+        raise BehaviourDataError(f"{repeats} items repeat another item's prompt and completions, so copies would "
+                                 "land in training and in test; drop them first (load_behaviour does)")
 
 
 def _answer_keys(items: Sequence[T]) -> list[str] | None:
