@@ -9,37 +9,46 @@ else an offline one under `./wandb` (or `$WANDB_DIR`), and an explicit `WANDB_MO
 from __future__ import annotations
 
 import importlib.util
-import netrc
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
 
-DEFAULT_HOST = "api.wandb.ai"
+from .io import use_process_tempdir
+
 INIT_TIMEOUT_S = 30.0  # an online init that cannot reach the server gives up after this, then goes offline
 
-
-def _wandb_host() -> str:
-    """The server W&B would talk to; self-hosted installs set WANDB_BASE_URL."""
-    base_url = os.environ.get("WANDB_BASE_URL")
-    return (urlparse(base_url).hostname or DEFAULT_HOST) if base_url else DEFAULT_HOST
-
-
-def _netrc_has_key(host: str) -> bool:
-    """`wandb login` stores the API key in ~/.netrc (or $NETRC) under the server's host name."""
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        entry = netrc.netrc(path).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(entry and entry[2])
+# `import wandb` (done by transformers and TRL even when tracking is off) makes temp folders that only
+# its exit handlers remove; keep them in a folder of this process's own that a later run can sweep.
+use_process_tempdir()
 
 
 def logged_in() -> bool:
-    """Whether an API key is available without asking anyone (environment or ~/.netrc)."""
-    return bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_key(_wandb_host())
+    """Whether W&B has an API key for the server it would use, found the way wandb finds it, offline.
+
+    The key comes from WANDB_API_KEY, else the .netrc entry (``$NETRC`` or ``~/.netrc``) for the
+    host in wandb's own settings (its built-in default, the ``wandb login --host`` settings file,
+    WANDB_BASE_URL), else an api_key in those settings: the sources wandb itself reads, so a
+    logged-in user is never sent offline because of a guessed host name.
+    """
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    if importlib.util.find_spec("wandb") is None:
+        return False
+    import wandb
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb.Settings(silent=True)  # silent: loading the settings file is not news to the user
+    # the user's settings file, where wandb's own set-up finds it (`wandb login --host` writes it)
+    config_dir = os.path.expanduser(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb")
+    settings.settings_system = os.path.join(config_dir, "settings")
+    settings.update_from_system_settings()
+    settings.update_from_env_vars(dict(os.environ))
+    try:
+        return bool(wbauth.read_netrc_auth(host=settings.base_url) or settings.api_key)
+    except Exception:  # wandb raises its AuthenticationError for a malformed key: not logged in
+        return False
 
 
 def wandb_mode() -> str:

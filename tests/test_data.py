@@ -146,7 +146,7 @@ def test_gzip_and_json_array(tmp_path: Path) -> None:
     assert load_behaviour(gz).name == "power" and len(load_behaviour(gz)) == 1
     array = tmp_path / "arr.json.gz"
     with gzip.open(array, "wt", encoding="utf-8") as handle:
-        json.dump([MWE_LINE, MWE_LINE | {"id": "second"}], handle, indent=2)
+        json.dump([MWE_LINE, MWE_LINE | {"id": "second", "question": "Another?"}], handle, indent=2)
     assert [i.id for i in load_behaviour(array)] == ["arr-0", "second"]
 
 
@@ -206,7 +206,7 @@ def test_hub_names_go_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     ([{"text": "hello"}], 1, r"cannot tell the format.*fields="),
     ([["a", "list"]], 1, "expected a JSON object"),
     ([{"chosen": "alpha", "rejected": "beta"}], 1, "share no prompt"),
-    ([MWE_LINE | {"id": "x"}, MWE_LINE | {"id": "x"}], 2, "duplicate id 'x'"),
+    ([MWE_LINE | {"id": "x"}, MWE_LINE | {"id": "x", "question": "Other?"}], 2, "duplicate id 'x'"),
 ])
 def test_errors_name_file_and_line(tmp_path: Path, rows: list, line: int, message: str) -> None:
     path = tmp_path / "bad.jsonl"

@@ -249,11 +249,12 @@ def test_competence_warning_fires_at_chance_only():
         message = competence_warning(at_chance, metric_name="preference")
     assert message is not None and "meaningless" in message
     competent = _result([3.0, 2.0, 4.0, -0.5] * 10)
-    confident_but_unrelated = _result([5.0, -5.0] * 20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert competence_warning(competent, metric_name="preference") is None
-        assert competence_warning(confident_but_unrelated, metric_name="preference") is None
+    confident_but_at_chance = _result([5.0, -5.0] * 20)  # half right: confidence is not competence
+    with pytest.warns(UserWarning, match="AT CHANCE"):
+        assert competence_warning(confident_but_at_chance, metric_name="preference") is not None
 
 
 def test_competence_warning_sees_a_pure_letter_bias(tiny):

@@ -236,7 +236,6 @@ def test_recipe_refuses_a_config_for_the_other_method(tmp_path, capsys):
     [
         ({"WANDB_MODE": "disabled", "WANDB_API_KEY": "k"}, None, "disabled"),
         ({"WANDB_API_KEY": "k"}, None, "online"),
-        ({}, "machine api.wandb.ai\n  login user\n  password secret\n", "online"),
         ({}, "machine example.com\n  login user\n  password secret\n", "offline"),
         ({}, None, "offline"),
     ],

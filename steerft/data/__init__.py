@@ -13,16 +13,18 @@ from steerft.data.derive import (
     statement_pairs,
 )
 from steerft.data.format import PromptFormatter
+from steerft.data.hygiene import content_key, length_filter
 from steerft.data.items import (
     BehaviourDataError,
     BehaviourDataset,
     BehaviourItem,
     Statement,
     StatementDataset,
+    answer_key,
 )
 from steerft.data.load import BUNDLED_BEHAVIOURS, load_behaviour, load_statements, load_texts
 from steerft.data.sources import data_dir
-from steerft.data.splits import Splits, split_items, training_subset
+from steerft.data.splits import HeldOutIds, Splits, answer_balance, load_held_out_ids, split_items, training_subset
 
 __all__ = [
     "BUNDLED_BEHAVIOURS",
@@ -31,13 +33,19 @@ __all__ = [
     "BehaviourDataset",
     "BehaviourItem",
     "ContrastPair",
+    "HeldOutIds",
     "PromptFormatter",
     "Splits",
     "Statement",
     "StatementDataset",
+    "answer_balance",
+    "answer_key",
+    "content_key",
     "contrast_pairs",
     "data_dir",
+    "length_filter",
     "load_behaviour",
+    "load_held_out_ids",
     "load_statements",
     "load_texts",
     "preference_rows",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -64,12 +65,37 @@ class _ItemList(Generic[T]):
 
 @dataclass
 class BehaviourDataset(_ItemList[BehaviourItem]):
-    """Items plus what the prompting baselines need: a system prompt asking for the behaviour."""
+    """Items plus what the prompting baselines need: a system prompt asking for the behaviour.
+
+    ``dropped`` counts the rows the loader left out, by reason (duplicates, unparseable
+    dialogues, empty replies), so a report can say how the data was cleaned.
+    """
 
     name: str
     items: list[BehaviourItem]
     system_prompt: str | None = None
     description: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+_LETTER_ANSWER = re.compile(r"\s*\(?([A-Z])\)?\s*")
+_YES_NO = {"yes": "Yes", "no": "No"}
+
+
+def answer_key(matching: str, not_matching: str) -> str | None:
+    """Which answer matches, for two-answer items: the letter ("A", "B") or "Yes"/"No"; else None.
+
+    A model can prefer one answer whatever the question; knowing which answer matches on each
+    item lets splits balance it and metrics remove it. Takes an item's two completions (raw or
+    formatted, e.g. " (A)" or "Yes.").
+    """
+    letters = [_LETTER_ANSWER.fullmatch(text) for text in (matching, not_matching)]
+    if all(letters) and letters[0].group(1) != letters[1].group(1):
+        return letters[0].group(1)
+    words = [_YES_NO.get(text.strip().rstrip(".!").lower()) for text in (matching, not_matching)]
+    if None not in words and words[0] != words[1]:
+        return words[0]
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,8 +109,12 @@ class Statement:
 
 @dataclass
 class StatementDataset(_ItemList[Statement]):
-    """Labelled statements; labels are only used for evaluation by unsupervised methods."""
+    """Labelled statements; labels are only used for evaluation by unsupervised methods.
+
+    ``dropped`` counts the rows the loader left out, by reason (repeated statements).
+    """
 
     name: str
     items: list[Statement]
     description: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)

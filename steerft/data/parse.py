@@ -23,6 +23,21 @@ STATEMENT_FIELDS = ("statement", "label")
 _ASSISTANT_MARKER = "Assistant:"
 _TRANSCRIPT_TURN = re.compile(r"\n\n(Human|Assistant):")
 
+UNPARSEABLE_DIALOGUE = "dialogue that does not split into alternating Human/Assistant turns"
+EMPTY_REPLY = "empty chosen or rejected reply"
+
+
+class SkippedRow(Exception):
+    """A row that real preference data contains but no method can use; the loader drops and counts it.
+
+    Quoting such a row as one user message, or keeping an empty reply, would give nonsense items
+    without a word; a malformed row of any other kind is still a BehaviourDataError.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 def rename(record: Record, fields: dict[str, str] | None, canonical: tuple[str, ...]) -> Record:
     """Apply ``fields={canonical: column}`` so the rest of the code sees canonical names."""
@@ -41,7 +56,11 @@ def rename(record: Record, fields: dict[str, str] | None, canonical: tuple[str, 
 
 
 def behaviour_item(record: Record, default_id: str) -> BehaviourItem:
-    """The item in ``record``, whatever supported shape it has."""
+    """The item in ``record``, whatever supported shape it has.
+
+    Raises SkippedRow (with its reason) for preference rows with an empty reply or a dialogue
+    that does not split into turns.
+    """
     keys = record.data.keys()
     if any(k in keys for k in BEHAVIOUR_FIELDS):
         return _behaviour_row(record, default_id)
@@ -81,11 +100,12 @@ def _preference_row(record: Record, default_id: str) -> BehaviourItem:
     if "prompt" in record.data:
         prompt = _field(record, "prompt")
         if isinstance(prompt, str):
-            return _item(record, default_id, prompt, _text(record, "chosen"), _text(record, "rejected"), meta)
+            return _item(record, default_id, prompt, *_replies(_text_or_empty(record, "chosen"),
+                                                               _text_or_empty(record, "rejected")), meta)
         prompt = _messages(record, "prompt")
-        return _item(record, default_id, prompt, _reply(record, "chosen"), _reply(record, "rejected"), meta)
+        return _item(record, default_id, prompt, *_replies(_reply(record, "chosen"), _reply(record, "rejected")), meta)
     if isinstance(chosen, str) and isinstance(rejected, str):
-        return _implicit_text(record, default_id, _text(record, "chosen"), _text(record, "rejected"), meta)
+        return _implicit_text(record, default_id, *_replies(chosen, rejected), meta)
     if isinstance(chosen, list) and isinstance(rejected, list):
         return _implicit_messages(record, default_id, meta)
     raise record.error("'chosen' and 'rejected' must both be strings or both be message lists, got "
@@ -95,6 +115,8 @@ def _preference_row(record: Record, default_id: str) -> BehaviourItem:
 def _implicit_text(record: Record, default_id: str, chosen: str, rejected: str, meta: dict) -> BehaviourItem:
     """Split two full transcripts into their shared prompt and the two completions."""
     _check_different(record, chosen, rejected)
+    if any(side.rstrip().endswith(_ASSISTANT_MARKER) for side in (chosen, rejected)):
+        raise SkippedRow(EMPTY_REPLY)
     cut = prompt_boundary(chosen, rejected)
     prompt = chosen[:cut]
     if not prompt.strip():
@@ -102,6 +124,8 @@ def _implicit_text(record: Record, default_id: str, chosen: str, rejected: str, 
     messages = transcript_messages(prompt)
     if messages is not None:
         meta["transcript"] = prompt
+    elif _TRANSCRIPT_TURN.search("\n\n" + prompt.lstrip("\n")):
+        raise SkippedRow(UNPARSEABLE_DIALOGUE)
     return _item(record, default_id, messages or prompt, chosen[cut:], rejected[cut:], meta)
 
 
@@ -160,7 +184,7 @@ def _implicit_messages(record: Record, default_id: str, meta: dict) -> Behaviour
         if len(rest) != 1 or rest[0]["role"] != "assistant":
             raise record.error(f"'{name}' must end in exactly one assistant message after the shared "
                                f"prompt, found roles {[m['role'] for m in rest]}")
-    return _item(record, default_id, chosen[:shared], chosen[-1]["content"], rejected[-1]["content"], meta)
+    return _item(record, default_id, chosen[:shared], *_replies(chosen[-1]["content"], rejected[-1]["content"]), meta)
 
 
 def _item(record: Record, default_id: str, prompt: str | Messages, matching: str, not_matching: str,
@@ -171,6 +195,13 @@ def _item(record: Record, default_id: str, prompt: str | Messages, matching: str
             raise record.error(f"the {name} completion is empty")
     return BehaviourItem(id=_item_id(record, default_id), prompt=prompt, matching=matching,
                          not_matching=not_matching, meta=meta)
+
+
+def _replies(chosen: str, rejected: str) -> tuple[str, str]:
+    """Both replies of a preference row, or SkippedRow when either is empty."""
+    if not chosen.strip() or not rejected.strip():
+        raise SkippedRow(EMPTY_REPLY)
+    return chosen, rejected
 
 
 def _check_different(record: Record, matching: object, not_matching: object) -> None:
@@ -201,6 +232,14 @@ def _text(record: Record, name: str) -> str:
         raise record.error(f"field {name!r} must be a string, got {type(value).__name__}: {value!r}")
     if not value.strip():
         raise record.error(f"field {name!r} is empty")
+    return value
+
+
+def _text_or_empty(record: Record, name: str) -> str:
+    """A string field that may be empty (the caller decides what an empty one means)."""
+    value = _field(record, name)
+    if not isinstance(value, str):
+        raise record.error(f"field {name!r} must be a string, got {type(value).__name__}: {value!r}")
     return value
 
 

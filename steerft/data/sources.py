@@ -6,13 +6,13 @@ far from the file, can still say exactly where a problem is.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steerft.data.hygiene import read_text
 from steerft.data.items import BehaviourDataError
 
 SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -110,9 +110,7 @@ def _read_sidecar(path: Path) -> dict:
 
 
 def _read_file(path: Path) -> list[Record]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
+    text = read_text(path)
     rows = _json_array(text, str(path)) if text.lstrip().startswith("[") else _json_lines(text, str(path))
     return [_as_record(value, str(path), line) for line, value in rows]
 

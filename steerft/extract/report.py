@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from matplotlib.axes import Axes
@@ -28,6 +27,7 @@ from steerft.extract.estimators import (
     relative_norm,
     truth_accuracy,
 )
+from steerft.io import atomic_write
 
 Tensor = torch.Tensor
 
@@ -119,22 +119,9 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figure = _figure(reports, names, cosines, title)
-    json_path = _write_atomic(out / "report.json", lambda f: f.write(text.encode()))
-    png_path = _write_atomic(out / "report.png", lambda f: figure.savefig(f, format="png", dpi=120))
+    json_path = atomic_write(out / "report.json", lambda f: f.write(text.encode()))
+    png_path = atomic_write(out / "report.png", lambda f: figure.savefig(f, format="png", dpi=120))
     return json_path, png_path
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def _by_estimator(reports: Sequence[LayerReport]) -> dict[str, list[LayerReport]]:

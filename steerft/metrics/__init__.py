@@ -7,8 +7,8 @@ offline for behaviour with fluency beside them, plus the statistics
 a study reports (t-intervals, a loud warning when the base model is at chance on a format).
 """
 
-from .competence import competence_warning
 from .fluency import fluency_score, harmonic_mean, reply_loglik, repetition_rate
+from .competence import AnswerShift, CompetenceVerdict, answer_shift, competence_check, competence_warning
 from .generation import generate_samples
 from .judge import (
     ClassifierJudge,
@@ -34,25 +34,31 @@ from .preference import (
     steerability,
 )
 from .side_effects import cross_entropy, kl_to_base, reference_continuations
-from .stats import chance_band, mean_ci95, t_critical
+from .stats import Interval, chance_band, distinguishable_from_zero, mean_ci95, paired_interval, t_critical
 
 __all__ = [
     "ABResult",
+    "AnswerShift",
     "ClassifierJudge",
+    "CompetenceVerdict",
     "FittedJudge",
     "GenerationScores",
+    "Interval",
     "Judge",
     "JudgeError",
     "JudgedReply",
-    "SamplingSettings",
     "PreferenceResult",
+    "SamplingSettings",
     "ab_probability",
     "answer_letter",
+    "answer_shift",
     "anti_steerable_fraction",
     "chance_band",
+    "competence_check",
     "competence_warning",
     "completion_logprobs",
     "cross_entropy",
+    "distinguishable_from_zero",
     "fit_judge",
     "fluency_score",
     "generate_samples",
@@ -60,11 +66,12 @@ __all__ = [
     "judge_generations",
     "kl_to_base",
     "mean_ci95",
+    "paired_interval",
     "per_token_margins",
     "preference",
     "reference_continuations",
-    "reply_loglik",
     "repetition_rate",
+    "reply_loglik",
     "steerability",
     "summarise_judged",
     "t_critical",
