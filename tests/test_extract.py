@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from steerft.batching import encode
 from steerft.data import BehaviourDataError, ContrastPair
 from steerft.extract import ExtractConfig, pair_activations, read_activations, run_extraction, save_adapter
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 from steerft.runconfig import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from peft import PeftModel, get_peft_model
 
 import steerft
 from steerft import MergeError, SteerConfig
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 
 ARCHS = ["llama", "gemma3", "qwen2", "mistral", "gpt2"]
 MERGEABLE_ADD = ["llama", "qwen2", "mistral", "gpt2"]
