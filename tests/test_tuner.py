@@ -379,7 +379,8 @@ def test_unknown_architecture_names_the_class_and_the_fix():
     base.config.num_hidden_layers = 99  # defeat the block-list guess too
     with pytest.raises(ValueError, match=r"LlamaForCausalLM.*blocks_path"):
         get_peft_model(base, SteerConfig(layers=[1]))
-    assert get_peft_model(base, SteerConfig(layers=[1], blocks_path="model.layers")) is not None
+    steered = get_peft_model(base, SteerConfig(layers=[1], blocks_path="model.layers"))
+    assert list(steered.get_vectors()) == [1] and steered.get_vectors()[1].shape == (64,)
 
 
 def test_saved_config_does_not_carry_given_vectors(tmp_path):
