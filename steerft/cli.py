@@ -1,7 +1,7 @@
 """The `steerft` command: one subcommand per job, each a YAML config plus `key=value` overrides.
 
     steerft study   --config eval/studies/quick.yaml n=[1,4,16]
-    steerft train   --config recipes/configs/sft_steer.yaml n=32 seed=1 trainer.warmup_ratio=0.1
+    steerft train   --config recipes/configs/sft_steer.yaml n=32 seed=1 trainer.warmup_steps=0.1
     steerft extract --config recipes/configs/extract.yaml layers=[8,12]
     steerft truth   --config eval/studies/truth.yaml
 
