@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from peft import LoraConfig, PeftConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils.peft_types import PeftType
@@ -85,6 +86,12 @@ def _peft_from_mapping(mapping: dict) -> PeftConfig:
         return PEFT_TYPE_TO_CONFIG_MAPPING[PeftType[name]](**options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"adapter.peft: {err}") from err
+
+
+def fixed_vectors(vectors: dict[int, torch.Tensor], multiplier: float = 1.0, positions: str = "all") -> SteerConfig:
+    """A frozen steer adapter that applies given vectors `{block: vector}` (extracted, or chosen by a study)."""
+    return SteerConfig(layers=sorted(vectors), init=vectors, multiplier=multiplier, positions=positions,
+                       trainable=False)
 
 
 def adapter_kind(config: PeftConfig | None) -> str:

@@ -18,10 +18,11 @@ from steerft.data import PromptFormatter, contrast_pairs, load_behaviour, split_
 from steerft.jobs import train
 from steerft.jobs.train import TrainConfig, run_training
 from steerft.metrics import preference
-from steerft.runconfig import ConfigError, build
+from steerft.runconfig import ConfigError, build, load_config
 from steerft.testing import tiny_model
 from steerft.training import build_trainer, fit, training_rows
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STEER_KEY = "base_model.model.model.layers.2.steer.vector.default.weight"
 
 
@@ -293,3 +294,14 @@ def test_report_to_off_disables_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert tracking.report_to(False) == []
     assert tracking.init_run("steerft", enabled=False) is None
+
+
+@pytest.mark.parametrize("name, method, kind, trainer", [
+    ("sft_steer", "sft", "steer", {"num_train_epochs": 3, "per_device_train_batch_size": 4, "learning_rate": 0.1,
+                                   "max_length": 256}),
+    ("dpo_lora", "dpo", "lora", {"num_train_epochs": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+                                 "beta": 0.1, "max_length": 256}),
+])
+def test_recipe_configs_are_train_configs(name, method, kind, trainer):
+    config = train.check_config(build(TrainConfig, load_config(RECIPES / "configs" / f"{name}.yaml")))
+    assert (config.method, config.adapter.kind, config.trainer) == (method, kind, trainer)

@@ -17,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..data import ContrastPair
 from ..io import atomic_dir, atomic_write
-from ..tuner import SteerConfig
+from ..adapter import fixed_vectors
 from .activations import Reduce, read_activations
 from .estimators import Direction, estimate
 from .scoring import truth_accuracy
@@ -127,7 +127,7 @@ def save_adapter(model, vectors: dict[int, torch.Tensor], out_dir: str | Path, *
     The adapter is attached to `model` only while saving and removed again, so the caller's
     model is left as it was.
     """
-    config = SteerConfig(layers=sorted(vectors), init=vectors, multiplier=multiplier, trainable=False)
+    config = fixed_vectors(vectors, multiplier)
     config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
     peft_model = get_peft_model(model, config)
     try:
