@@ -305,3 +305,9 @@ def test_report_to_off_disables_wandb(monkeypatch):
 def test_recipe_configs_are_train_configs(name, method, kind, trainer):
     config = train.check_config(build(TrainConfig, load_config(RECIPES / "configs" / f"{name}.yaml")))
     assert (config.method, config.adapter.kind, config.trainer) == (method, kind, trainer)
+
+
+def test_cli_flags_and_overrides_mix_in_any_order():
+    args = cli.parse(["train", "n=4", "--adapter", "lora", "adapter.lora_r=4", "--no-wandb"])
+    assert cli.config_data(args, pinned={"method": "dpo"}) == {
+        "n": 4, "adapter": {"lora_r": 4, "kind": "lora"}, "wandb": False, "method": "dpo"}
