@@ -145,6 +145,8 @@ def test_resuming_under_other_settings_is_refused(tiny_dir, finished, tmp_path):
     ({"methods": ["pca"], "n": [1, 4]}, r"'pca' needs n >= 2"),
     ({"train": {"trainer": {"steps": 4}}}, r"train.trainer.steps is not a setting of TRL's SFTConfig / DPOConfig"),
     ({"train": {"adapter": {"positions": "prompt"}}}, r"train.adapter.positions='prompt'.*top level"),
+    ({"train": {"adapter": {"kind": "lora"}}}, r"method names set the adapter kind"),
+    ({"train": {"learning_rates": {"lora_lr": 0.01}}}, r"train.learning_rates.lora_lr: not an adapter kind"),
     ({"eval": {"test_items": 0}}, r"eval.test_items=0 must be positive"),
 ])
 def test_bad_config_fails_at_once_naming_the_key(overrides, message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..adapter import KINDS as ADAPTER_KINDS
 from ..adapter import AdapterSpec, default_learning_rate
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict
@@ -127,11 +128,14 @@ def check(config: StudyConfig) -> None:
     if config.train.adapter.positions not in ("all", config.positions):
         raise ConfigError(f"train.adapter.positions={config.train.adapter.positions!r}: a study steers the same "
                           "tokens with every vector method; set `positions:` at the top level only.")
-    if config.train.adapter.peft is not None:
-        raise ConfigError("train.adapter.peft: a study's method names set the adapter kind (steer-*, lora-*, "
-                          "full-sft); drop the key.")
+    if config.train.adapter.peft is not None or config.train.adapter.kind != AdapterSpec.kind:
+        raise ConfigError("train.adapter.kind / train.adapter.peft: a study's method names set the adapter kind "
+                          "(steer-*, lora-*, full-sft); drop the key.")
     config.train.trainer = check_trainer(config.train.trainer, TRAINING_METHODS, where="train.trainer")
     for kind, rate in config.train.learning_rates.items():
+        if kind not in ADAPTER_KINDS:
+            raise ConfigError(f"train.learning_rates.{kind}: not an adapter kind; allowed keys: "
+                              f"{', '.join(ADAPTER_KINDS)}.")
         if not rate > 0:
             raise ConfigError(f"train.learning_rates.{kind}={rate!r} must be positive.")
     _positive(config, ("max_demonstrations", "threads", "workers"))
