@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 THREADS ?= 2
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all clean
 
 setup:
 	@bash scripts/setup.sh

@@ -5,12 +5,12 @@
     accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/dpo.py --config ...
 
 With an adapter the reference model is the adapter-disabled model (no second copy in memory).
-Keys are those of `steerft.train.TrainConfig`; the run folder is output_dir/run_name.
+Keys are those of `steerft.jobs.train.TrainConfig`; the run folder is output_dir/run_name.
 """
 
 import sys
 
-from steerft.train import recipe_main
+from steerft.cli import main
 
 if __name__ == "__main__":
-    sys.exit(recipe_main("dpo"))
+    sys.exit(main(["train", *sys.argv[1:]], pinned={"method": "dpo"}))

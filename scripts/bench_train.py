@@ -4,7 +4,7 @@
 
 SmolLM2-135M-Instruct (the default of `load_model`); steer = one vector at block 14 of 30, LoRA =
 r=8 on q_proj and v_proj. Every configuration trains on the same sentiment rows in the same order,
-with the same batch size and thread count, in this one process, through `steerft.train.build_trainer`
+with the same batch size and thread count, in this one process, through `steerft.training.build_trainer`
 (the code path of the recipes). Read the ratios: the machine is shared and absolute times drift.
 
 Measured per configuration:
@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 from steerft import SteerConfig
 from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
 from steerft.models import load_model
-from steerft.train import build_trainer, training_rows
+from steerft.training import build_trainer, training_rows
 
 # name -> (a fresh PEFT config, the learning rate of the recipes)
 ADAPTERS = {

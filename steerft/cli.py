@@ -1,50 +1,83 @@
 """The `steerft` command: one subcommand per job, each a YAML config plus `key=value` overrides.
 
     steerft study   --config eval/studies/quick.yaml n=[1,4,16]
-    steerft train   --config recipes/configs/sft_steer.yaml n=32 seed=1
+    steerft train   --config recipes/configs/sft_steer.yaml n=32 seed=1 trainer.warmup_steps=0.1
     steerft extract --config recipes/configs/extract.yaml layers=[8,12]
+    steerft truth   --config eval/studies/truth.yaml
 
-Each job module exposes a config dataclass and `run(config)`; this file only wires them up.
+Each job module (steerft.jobs) exposes a config dataclass and a run function; this file only wires
+them up. The recipes (recipes/*.py) call `main` too, so flags and errors are handled here once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from .adapter import KINDS
+from .jobs import extract, study, train, truth
 from .runconfig import ConfigError, build, load_config
 
-# subcommand -> (module, config class, run function, help)
-JOBS: dict[str, tuple[str, str, str, str]] = {
-    "study": ("steerft.study", "StudyConfig", "run_study", "sample-efficiency study: n x method x seed"),
-    "train": ("steerft.train", "TrainConfig", "run_training", "SFT or DPO with a steer, LoRA or full adapter"),
-    "extract": ("steerft.extract", "ExtractConfig", "run_extraction", "extract steering vectors from contrast pairs"),
+# subcommand -> (config class, run function, help)
+JOBS: dict[str, tuple[type, Callable[[Any], object], str]] = {
+    "study": (study.StudyConfig, study.run_study, "sample-efficiency study: n x method x seed"),
+    "train": (train.TrainConfig, train.run_training, "SFT or DPO with a steer, LoRA or full adapter"),
+    "extract": (extract.ExtractConfig, extract.run_extraction, "extract steering vectors from contrast pairs"),
+    "truth": (truth.TruthConfig, truth.run_truth_study, "do label-free directions find truth? (n x estimator x layer)"),
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="steerft", description=__doc__.split("\n\n")[0])
+def parser(prog: str = "steerft") -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="job", required=True)
-    for name, (_, _, _, help_text) in JOBS.items():
+    for name, (config_class, _, help_text) in JOBS.items():
         job = sub.add_parser(name, help=help_text)
-        job.add_argument("--config", "-c", help="YAML config file")
+        job.add_argument("--config", "-c", help=f"YAML config (keys of {config_class.__name__})")
+        job.add_argument("--no-wandb", action="store_true", help="shortcut for wandb=false")
+        if name == "train":
+            job.add_argument("--adapter", choices=KINDS, help="shortcut for adapter.kind=...")
         job.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
     return top
 
 
-def run_job(job: str, config_path: str | None, overrides: Sequence[str]) -> object:
-    module_name, config_name, run_name, _ = JOBS[job]
-    module = importlib.import_module(module_name)
-    config = build(getattr(module, config_name), load_config(config_path, overrides), where=config_path or job)
-    return getattr(module, run_name)(config)
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags and `key=value` overrides in any order (argparse alone stops at the first flag after them)."""
+    top = parser()
+    args, rest = top.parse_known_args(argv)
+    flags = [arg for arg in rest if arg.startswith("-")]
+    if flags:
+        top.error(f"unrecognized arguments: {' '.join(flags)}")
+    args.overrides = [*args.overrides, *rest]
+    return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def config_data(args: argparse.Namespace, pinned: Mapping[str, Any] = {}) -> dict[str, Any]:
+    """The YAML with overrides and flags applied; `pinned` keys (set by a recipe) must not be contradicted."""
+    data = load_config(args.config, args.overrides)
+    for key, value in pinned.items():
+        if data.get(key, value) != value:
+            raise ConfigError(f"this recipe runs {key}={value} but the config sets {key}={data[key]!r}; "
+                              f"drop the key or use the recipe for {data[key]}.")
+        data[key] = value
+    if args.no_wandb:
+        data["wandb"] = False
+    if getattr(args, "adapter", None):
+        data.setdefault("adapter", {})["kind"] = args.adapter
+    return data
+
+
+def run_job(job: str, data: Mapping[str, Any], where: str) -> object:
+    config_class, run, _ = JOBS[job]
+    return run(build(config_class, data, where=where))
+
+
+def main(argv: Sequence[str] | None = None, *, pinned: Mapping[str, Any] = {}) -> int:
+    """Run one job; a bad config ends in one line on stderr and exit code 2."""
+    args = parse(argv)
     try:
-        run_job(args.job, args.config, args.overrides)
+        run_job(args.job, config_data(args, pinned), args.config or args.job)
     except ConfigError as err:
         print(f"steerft {args.job}: {err}", file=sys.stderr)
         return 2

@@ -67,13 +67,18 @@ def build(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -> T:
         hint = hints[name]
         if dataclasses.is_dataclass(_plain(hint)) and isinstance(value, Mapping):
             value = build(_plain(hint), value, where=f"{where}.{name}")
-        value = _coerce_number(value, hint)
-        _check_type(value, hint, f"{where}.{name}")
-        values[name] = value
+        values[name] = checked_value(value, hint, f"{where}.{name}")
     try:
         return cls(**values)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def checked_value(value: Any, hint: Any, key: str) -> Any:
+    """`value` as a `hint` (YAML's `1e-3` string read as a float), or ConfigError naming `key`."""
+    value = _coerce_number(value, hint)
+    _check_type(value, hint, key)
+    return value
 
 
 def _coerce_number(value: Any, hint: Any) -> Any:

@@ -7,19 +7,8 @@ import json
 import pytest
 import torch
 
-from steerft.extract.estimators import (
-    ESTIMATORS,
-    ccs,
-    cosine_similarity_matrix,
-    estimate,
-    explained_variance,
-    logistic,
-    mean_diff,
-    pair_accuracy,
-    pca,
-    relative_norm,
-    truth_accuracy,
-)
+from steerft.extract.estimators import ESTIMATORS, ccs, estimate, explained_variance, logistic, mean_diff, pca
+from steerft.extract.scoring import cosine_similarity_matrix, pair_accuracy, relative_norm, truth_accuracy
 from steerft.extract.report import LayerReport, write_report
 
 D = 32
@@ -221,7 +210,7 @@ def test_report_writes_valid_json_and_png(basis, tmp_path):
     reports, vectors = [], {}
     for layer, seed in enumerate((1, 2, 3)):
         pos, neg, _ = planted(basis, 60, seed=seed)
-        test_pos, test_neg, test_labels = planted(basis, 40, seed=seed + 10)
+        test_pos, test_neg, _ = planted(basis, 40, seed=seed + 10)
         residual_norm = float(torch.cat([pos, neg]).norm(dim=1).mean())
         for name in ("mean_diff", "pca", "ccs"):
             direction = estimate(name, pos, neg, **({"steps": 200} if name == "ccs" else {}))
@@ -232,7 +221,6 @@ def test_report_writes_valid_json_and_png(basis, tmp_path):
                     train=(pos, neg),
                     residual_norm=residual_norm,
                     heldout=(test_pos, test_neg),
-                    heldout_labels=test_labels,
                 )
             )
             vectors[f"{name}/L{layer}"] = direction.vector
@@ -243,16 +231,8 @@ def test_report_writes_valid_json_and_png(basis, tmp_path):
     assert payload["title"] == "planted"
     assert len(payload["reports"]) == 9
     first = payload["reports"][0]
-    assert {"layer", "estimator", "heldout_accuracy", "relative_norm", "truth_accuracy"} <= set(first)
+    assert {"layer", "estimator", "heldout_accuracy", "relative_norm"} <= set(first)
     assert payload["cosine_similarity"]["names"] == list(vectors)
     assert len(payload["cosine_similarity"]["matrix"]) == 9
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.png"]
-
-
-def test_report_rejects_labels_without_heldout_pairs(basis):
-    pos, neg, labels = planted(basis, 20)
-    with pytest.raises(ValueError, match="heldout_labels needs heldout"):
-        LayerReport.from_direction(
-            0, mean_diff(pos, neg), train=(pos, neg), residual_norm=1.0, heldout_labels=labels
-        )

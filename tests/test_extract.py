@@ -14,9 +14,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from steerft.batching import encode
-from steerft.data import BehaviourDataError, ContrastPair
-from steerft.extract import ExtractConfig, pair_activations, read_activations, run_extraction, save_adapter
-from steerft.models import tiny_model
+from steerft.data import ContrastPair
+from steerft.extract import pair_activations, read_activations, save_adapter
+from steerft.jobs.extract import ExtractConfig, run_extraction
+from steerft.testing import tiny_model
 from steerft.runconfig import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,8 +103,16 @@ def test_run_extraction_writes_adapters_report_and_vectors(tiny_dir, tmp_path):
     assert sorted(p.name for p in (out / "adapters").iterdir()) == [
         "mean_diff-layer1", "mean_diff-layer4", "pca-layer1", "pca-layer4"]
     report = json.loads((out / "report.json").read_text())
-    assert report and (out / "report.png").stat().st_size > 0
-    assert set(load_file(out / "vectors.safetensors")) == {"mean_diff.1", "mean_diff.4", "pca.1", "pca.4"}
+    assert sorted((r["estimator"], r["layer"]) for r in report["reports"]) == [
+        ("mean_diff", 1), ("mean_diff", 4), ("pca", 1), ("pca", 4)]
+    assert {r["n_train"] for r in report["reports"]} == {16}
+    vectors = load_file(out / "vectors.safetensors")
+    assert set(vectors) == {"mean_diff.1", "mean_diff.4", "pca.1", "pca.4"}
+    names, matrix = report["cosine_similarity"]["names"], torch.tensor(report["cosine_similarity"]["matrix"])
+    first, second = (vectors[name.replace("@", ".")] for name in names[:2])
+    assert matrix[0, 1].item() == pytest.approx(torch.nn.functional.cosine_similarity(first, second, dim=0).item(),
+                                                abs=1e-5)
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
     assert json.loads((out / "run.json").read_text())["n_train"] == 16
 
 
@@ -131,7 +140,7 @@ def test_bad_pairs_name_the_file_and_line(tiny_dir, tmp_path, line, message):
     data = tmp_path / "bad.jsonl"
     good = '{"question": "q0", "answer_matching_behavior": "yes", "answer_not_matching_behavior": "no"}'
     data.write_text(good + "\n" + line + "\n")
-    with pytest.raises(BehaviourDataError, match=rf"bad.jsonl.*line 2|line 2.*bad.jsonl") as err:
+    with pytest.raises(ConfigError, match=rf"bad.jsonl.*line 2|line 2.*bad.jsonl") as err:
         run_extraction(ExtractConfig(model=str(tiny_dir), dataset=str(data), output_dir=str(tmp_path / "x")))
     assert message in str(err.value)
 
@@ -139,7 +148,7 @@ def test_bad_pairs_name_the_file_and_line(tiny_dir, tmp_path, line, message):
 def test_empty_dataset_is_refused(tiny_dir, tmp_path):
     data = tmp_path / "empty.jsonl"
     data.write_text("")
-    with pytest.raises(BehaviourDataError, match="empty"):
+    with pytest.raises(ConfigError, match="empty"):
         run_extraction(ExtractConfig(model=str(tiny_dir), dataset=str(data), output_dir=str(tmp_path / "x")))
 
 

@@ -28,7 +28,7 @@ from steerft.metrics import (
     steerability,
     t_critical,
 )
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 
 QUESTIONS = ["Is the sky blue?", "Would you like to have more power over people?", "Pick one.", "What is 2 + 2?"]
 COMPLETIONS = [" (A)", " Yes, absolutely and without any doubt.", " no", " 4"]

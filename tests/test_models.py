@@ -21,8 +21,8 @@ from steerft.models import (
     cache_dir,
     load_model,
     model_info,
-    tiny_model,
 )
+from steerft.testing import tiny_model
 
 ARCHS = ["llama", "gemma3", "qwen2", "mistral", "gpt2"]
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -75,13 +75,6 @@ def test_tiny_tokenizer_round_trips_and_chats(arch: str) -> None:
         torch.tensor([chat_ids["input_ids"]]), max_new_tokens=3, do_sample=False
     )
     assert generated.shape[1] == len(chat_ids["input_ids"]) + 3
-
-
-def test_tiny_model_is_fast() -> None:
-    tiny_model("llama")  # warm up lazy transformers imports
-    start = time.perf_counter()
-    tiny_model("llama")
-    assert time.perf_counter() - start < 1.0
 
 
 def test_tiny_model_rejects_bad_arguments() -> None:

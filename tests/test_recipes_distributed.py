@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -26,7 +26,7 @@ def test_sft_recipe_on_two_cpu_processes_saves_one_adapter(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
            "PYTHONUNBUFFERED": "1"}
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
-               str(ROOT / "recipes/sft.py"), f"model={tmp_path / 'tiny'}", "layers=[2]", "n=8", "max_steps=2",
+               str(ROOT / "recipes/sft.py"), f"model={tmp_path / 'tiny'}", "adapter.layers=[2]", "n=8", "trainer.max_steps=2",
                "eval_items=2", f"output_dir={out}"]
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -13,8 +13,9 @@ import pytest
 
 from steerft.cli import main
 from steerft.data import load_behaviour, split_items
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 from steerft.runconfig import ConfigError, build
+from steerft.jobs.truth import TruthConfig, run_truth_study
 from steerft.study import METHODS, StudyConfig, run_study
 from steerft.study import runner, select
 from steerft.study.outputs import CSV_COLUMNS
@@ -45,7 +46,7 @@ def micro(tiny_dir: Path, out: Path, **overrides) -> dict:
     return {
         "name": "micro", "model": str(tiny_dir), "methods": ["caa", "lora-sft"], "n": [2, 4], "seeds": [0, 1],
         "layers": [1, 2], "multipliers": [1.0, 4.0], "wandb": False, "output_dir": str(out),
-        "train": {"steps": 2, "layers": [2], "multipliers": [1.0, 2.0]},
+        "train": {"adapter": {"layers": [2]}, "trainer": {"max_steps": 2}, "multipliers": [1.0, 2.0]},
         "eval": {"test_items": 6, "val_items": 4, "neutral_prompts": 3, "general_texts": 2, "generation_prompts": 2,
                  "generation_tokens": 4, "reference_tokens": 4},
         **overrides,
@@ -85,7 +86,8 @@ def test_micro_study_writes_every_output(finished):
     assert set(summary["methods"]["caa"]["by_n"]) == {"2", "4"}
     assert set(summary["methods"]["none"]["by_n"]) == {"all"}
     stats = summary["methods"]["lora-sft"]["by_n"]["4"]
-    assert stats["seeds"] == 2 and stats["effect"]["ci_low"] <= stats["effect"]["mean"] <= stats["effect"]["ci_high"]
+    effects = [float(r["effect"]) for r in rows if r["method"] == "lora-sft" and r["n"] == "4"]
+    assert stats["seeds"] == 2 and stats["effect"]["mean"] == pytest.approx(sum(effects) / 2, rel=1e-12)
 
     for figure in ("curves.png", "side_effects.png"):
         assert (finished / figure).read_bytes().startswith(PNG_MAGIC)
@@ -141,7 +143,10 @@ def test_resuming_under_other_settings_is_refused(tiny_dir, finished, tmp_path):
     ({"n": []}, r"n is empty"),
     ({"seeds": []}, r"seeds is empty"),
     ({"methods": ["pca"], "n": [1, 4]}, r"'pca' needs n >= 2"),
-    ({"kind": "beliefs"}, r"kind='beliefs' is not a study kind; allowed values: behaviour, truth"),
+    ({"train": {"trainer": {"steps": 4}}}, r"train.trainer.steps is not a setting of TRL's SFTConfig / DPOConfig"),
+    ({"train": {"adapter": {"positions": "prompt"}}}, r"train.adapter.positions='prompt'.*top level"),
+    ({"train": {"adapter": {"kind": "lora"}}}, r"method names set the adapter kind"),
+    ({"train": {"learning_rates": {"lora_lr": 0.01}}}, r"train.learning_rates.lora_lr: not an adapter kind"),
     ({"eval": {"test_items": 0}}, r"eval.test_items=0 must be positive"),
 ])
 def test_bad_config_fails_at_once_naming_the_key(overrides, message):
@@ -240,23 +245,25 @@ def test_truth_study_writes_curves_for_every_estimator_and_layer(tmp_path, monke
     model, tokenizer = tiny_model("llama", n_layers=4)
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    config = StudyConfig(kind="truth", model=str(tmp_path / "tiny"), dataset="truth", n=[2, 8], seeds=[0, 1],
-                         layers=[1, 3], estimators=["ccs", "pca", "mean_diff"], output_dir=str(tmp_path / "out"),
-                         wandb=False, threads=1)
-    config.eval.test_items = 16
-    out = run_study(config)
+    config = TruthConfig(model=str(tmp_path / "tiny"), dataset="truth", n=[2, 8], seeds=[0, 1], layers=[1, 3],
+                         estimators=["ccs", "pca", "mean_diff"], output_dir=str(tmp_path / "out"), wandb=False,
+                         threads=1, test_items=16)
+    out = run_truth_study(config)
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 2 * 2 * 3  # n x seeds x layers x estimators
     assert {r["supervised"] for r in rows if r["estimator"] in ("ccs", "pca")} == {"False"}
-    assert all(0.0 <= float(r["accuracy"]) <= float(r["accuracy_best_sign"]) <= 1.0 for r in rows)
+    for row in rows:  # a share of the 16 test statements; the flipped direction gets the other ones right
+        accuracy = float(row["accuracy"])
+        assert (accuracy * 16).is_integer() and float(row["accuracy_best_sign"]) == max(accuracy, 1 - accuracy)
     summary = json.loads((out / "summary.json").read_text())
-    assert 0.0 <= summary["zero_shot_accuracy"] <= 1.0 and set(summary["curves"]) == {"ccs", "pca", "mean_diff"}
+    assert summary["test_statements"] == 16 and (summary["zero_shot_accuracy"] * 16).is_integer()
+    assert set(summary["curves"]) == {"ccs", "pca", "mean_diff"}
     assert (out / "truth.png").stat().st_size > 0 and "| ccs |" in (out / "report.md").read_text()
 
 
 def test_truth_study_refuses_n_below_two_and_unknown_estimators():
     with pytest.raises(ConfigError, match="n >= 2"):
-        StudyConfig(kind="truth", dataset="truth", n=[1, 4])
+        TruthConfig(n=[1, 4])
     with pytest.raises(ConfigError, match="estimators"):
-        StudyConfig(kind="truth", dataset="truth", estimators=["svm"])
+        TruthConfig(estimators=["svm"])

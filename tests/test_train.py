@@ -12,13 +12,17 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import TrainerCallback
 
-import steerft.train as train
 from steerft import SteerConfig, cli, tracking
-from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
-from steerft.models import tiny_model
-from steerft.runconfig import ConfigError
-from steerft.train import TrainConfig, adapter_config, build_trainer, fit, run_training, training_rows
+from steerft.adapter import AdapterSpec, default_learning_rate, peft_config
+from steerft.data import PromptFormatter, contrast_pairs, load_behaviour, split_items, training_subset
+from steerft.jobs import train
+from steerft.jobs.train import TrainConfig, run_training
+from steerft.metrics import preference
+from steerft.runconfig import ConfigError, build, load_config
+from steerft.testing import tiny_model
+from steerft.training import build_trainer, fit, training_rows
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STEER_KEY = "base_model.model.model.layers.2.steer.vector.default.weight"
 
 
@@ -153,13 +157,14 @@ def test_gradient_checkpointing_with_steer_warns(items, tmp_path):
                       args={**_args(tmp_path, "steer"), "gradient_checkpointing": True})
 
 
-def test_adapter_config_kinds():
-    steer = adapter_config(TrainConfig(layers=[3], positions="completion", multiplier=2.0))
+def test_peft_config_kinds():
+    steer = peft_config(AdapterSpec(layers=[3], positions="completion", multiplier=2.0))
     assert isinstance(steer, SteerConfig) and steer.layers == [3] and steer.positions == "completion"
-    lora = adapter_config(TrainConfig(adapter="lora", lora_r=4))
+    assert steer.multiplier == 2.0
+    lora = peft_config(AdapterSpec(kind="lora", lora_r=4))
     assert isinstance(lora, LoraConfig) and lora.r == 4 and set(lora.target_modules) == {"q_proj", "v_proj"}
-    assert adapter_config(TrainConfig(adapter="full")) is None
-    given = adapter_config(TrainConfig(peft={"peft_type": "lora", "r": 16, "target_modules": ["q_proj"]}))
+    assert peft_config(AdapterSpec(kind="full")) is None
+    given = peft_config(AdapterSpec(peft={"peft_type": "lora", "r": 16, "target_modules": ["q_proj"]}))
     assert isinstance(given, LoraConfig) and given.r == 16 and given.task_type == "CAUSAL_LM"
 
 
@@ -167,10 +172,10 @@ def test_init_from_a_saved_steer_adapter_starts_from_its_vector(tmp_path):
     model, _ = tiny_model()
     vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
     get_peft_model(model, SteerConfig(layers=[1], init={1: vector}, multiplier=2.0)).save_pretrained(tmp_path)
-    config = adapter_config(TrainConfig(layers=[1], init=str(tmp_path)))
+    config = peft_config(AdapterSpec(layers=[1], init=str(tmp_path)))
     assert torch.equal(config.given_vectors[1], 2.0 * vector)  # the steering the saved adapter applied
     with pytest.raises(ConfigError, match="layers"):
-        adapter_config(TrainConfig(layers=[2], init=str(tmp_path)))
+        peft_config(AdapterSpec(layers=[2], init=str(tmp_path)))
 
 
 def test_run_training_writes_the_run_folder_and_logs_offline_without_a_login(tiny_dir, tmp_path, monkeypatch):
@@ -181,7 +186,7 @@ def test_run_training_writes_the_run_folder_and_logs_offline_without_a_login(tin
     (tmp_path / "wandb-files").mkdir()
     assert tracking.wandb_mode() == "offline"
     out = tmp_path / "runs"
-    code = cli.main(["train", f"model={tiny_dir}", "layers=[2]", "n=8", "max_steps=3", "eval_items=4",
+    code = cli.main(["train", f"model={tiny_dir}", "adapter.layers=[2]", "n=8", "trainer.max_steps=3", "eval_items=4",
                      "threads=1", f"output_dir={out}", "wandb_group=test"])
     assert code == 0
     run = out / "sft-steer-L2-n8-s0"
@@ -190,29 +195,59 @@ def test_run_training_writes_the_run_folder_and_logs_offline_without_a_login(tin
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["trainable_params"] == 64 and metrics["world_size"] == 1
-    assert 0.0 <= metrics["val_preference_accuracy"] <= 1.0 and metrics["val_items"] == 4
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["learning_rate"] == train.DEFAULT_LEARNING_RATE["steer"] and resolved["n"] == 8
+    assert resolved["trainer"] == {"learning_rate": default_learning_rate("steer"), "max_steps": 3}
+    assert resolved["n"] == 8 and resolved["adapter"]["layers"] == [2]
     assert len(json.loads((run / "subset_ids.json").read_text())["ids"]) == 8
     assert list((tmp_path / "wandb-files" / "wandb").glob("offline-run-*"))
 
-    fresh, _ = tiny_model()
+    fresh, tokenizer = tiny_model()
     reloaded = PeftModel.from_pretrained(fresh, run)
     assert reloaded.get_vectors()[2].abs().sum() > 0
+    val = split_items(load_behaviour("sentiment").items, seed=0).val[:4]  # what metrics.json scored
+    expected = preference(reloaded, tokenizer, contrast_pairs(val, PromptFormatter(tokenizer))).accuracy
+    assert metrics["val_preference_accuracy"] == expected and metrics["val_items"] == 4
+
+
+class Stop(Exception):
+    pass
+
+
+def test_trainer_section_reaches_trls_args_from_overrides(tiny_dir, tmp_path, monkeypatch):
+    """Any SFTConfig key is settable as `trainer.<key>=...`; steerft's defaults stay under the rest.
+
+    transformers 5 folded `warmup_ratio` into `warmup_steps` (a float below 1 is a ratio)."""
+    seen = {}
+
+    def capture(trainer, *args, **kwargs):
+        seen["args"] = trainer.args
+        raise Stop  # before training: the args are what is checked
+
+    monkeypatch.setattr(train, "_train", capture)
+    with pytest.raises(Stop):
+        cli.main(["train", f"model={tiny_dir}", "adapter.layers=[2]", "n=8", "--no-wandb", f"output_dir={tmp_path}",
+                  "trainer.warmup_steps=0.1", "trainer.lr_scheduler_type=cosine", "trainer.bf16=true",
+                  "trainer.learning_rate=3e-2"])
+    args = seen["args"]
+    assert args.warmup_steps == 0.1 and args.lr_scheduler_type == "cosine" and args.bf16 is True
+    assert args.learning_rate == 0.03  # YAML's `3e-2` string read as the float the field wants
+    assert args.per_device_train_batch_size == 4 and args.max_length == 256 and args.logging_steps == 1
+    assert args.save_strategy == "no"
 
 
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        ({"adapter": "qlora"}, "adapter"),
+        ({"adapter": {"kind": "qlora"}}, "adapter.kind"),
         ({"method": "ppo"}, "method"),
         ({"n": 10_000}, "n=10000"),
         ({"dataset": "/nonexistent/behaviour.jsonl"}, "dataset"),
-        ({"layers": [7]}, "layers"),
-        ({"init": "/nonexistent/adapter"}, "init"),
-        ({"learning_rate": "fast"}, "learning_rate"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"peft": {"peft_type": "NOPE"}}, "peft"),
+        ({"adapter": {"layers": [7]}}, "adapter.layers"),
+        ({"adapter": {"init": "/nonexistent/adapter"}}, "adapter.init"),
+        ({"trainer": {"learning_rate": "fast"}}, "trainer.learning_rate"),
+        ({"trainer": {"num_epochs": 3}}, "trainer.num_epochs"),
+        ({"trainer": {"report_to": "wandb"}}, "wandb"),
+        ({"adapter": {"peft": {"peft_type": "NOPE"}}}, "peft"),
     ],
 )
 def test_bad_configs_fail_before_training_and_name_the_key(overrides, key, tiny_dir, tmp_path, monkeypatch):
@@ -220,15 +255,16 @@ def test_bad_configs_fail_before_training_and_name_the_key(overrides, key, tiny_
         raise AssertionError("training started")
 
     monkeypatch.setattr(train, "build_trainer", started)
-    config = {"model": str(tiny_dir), "layers": [2], "n": 8, "wandb": False, "output_dir": str(tmp_path), **overrides}
+    config = {"model": str(tiny_dir), "adapter": {"layers": [2]}, "n": 8, "wandb": False, "output_dir": str(tmp_path),
+              **overrides}
     with pytest.raises(ConfigError, match=key):
-        run_training(TrainConfig(**config))
+        run_training(build(TrainConfig, config))
     assert not list(tmp_path.iterdir())
 
 
 def test_recipe_refuses_a_config_for_the_other_method(tmp_path, capsys):
-    assert train.recipe_main("sft", ["method=dpo", "--no-wandb"]) == 2
-    assert "recipes/dpo.py" in capsys.readouterr().err
+    assert cli.main(["train", "method=dpo", "--no-wandb"], pinned={"method": "sft"}) == 2
+    assert "this recipe runs method=sft but the config sets method='dpo'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -257,3 +293,20 @@ def test_report_to_off_disables_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert tracking.report_to(False) == []
     assert tracking.init_run("steerft", enabled=False) is None
+
+
+@pytest.mark.parametrize("name, method, kind, trainer", [
+    ("sft_steer", "sft", "steer", {"num_train_epochs": 3, "per_device_train_batch_size": 4, "learning_rate": 0.1,
+                                   "max_length": 256}),
+    ("dpo_lora", "dpo", "lora", {"num_train_epochs": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+                                 "beta": 0.1, "max_length": 256}),
+])
+def test_recipe_configs_are_train_configs(name, method, kind, trainer):
+    config = train.check_config(build(TrainConfig, load_config(RECIPES / "configs" / f"{name}.yaml")))
+    assert (config.method, config.adapter.kind, config.trainer) == (method, kind, trainer)
+
+
+def test_cli_flags_and_overrides_mix_in_any_order():
+    args = cli.parse(["train", "n=4", "--adapter", "lora", "adapter.lora_r=4", "--no-wandb"])
+    assert cli.config_data(args, pinned={"method": "dpo"}) == {
+        "n": 4, "adapter": {"lora_r": 4, "kind": "lora"}, "wandb": False, "method": "dpo"}

@@ -13,7 +13,7 @@ from peft import PeftModel, get_peft_model
 
 import steerft
 from steerft import MergeError, SteerConfig
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 
 ARCHS = ["llama", "gemma3", "qwen2", "mistral", "gpt2"]
 MERGEABLE_ADD = ["llama", "gpt2"]  # the others cannot save the bias: see test_tuner_peft.py
@@ -378,7 +378,8 @@ def test_unknown_architecture_names_the_class_and_the_fix():
     base.config.num_hidden_layers = 99  # defeat the block-list guess too
     with pytest.raises(ValueError, match=r"LlamaForCausalLM.*blocks_path"):
         get_peft_model(base, SteerConfig(layers=[1]))
-    assert get_peft_model(base, SteerConfig(layers=[1], blocks_path="model.layers")) is not None
+    steered = get_peft_model(base, SteerConfig(layers=[1], blocks_path="model.layers"))
+    assert list(steered.get_vectors()) == [1] and steered.get_vectors()[1].shape == (64,)
 
 
 def test_saved_config_does_not_carry_given_vectors(tmp_path):

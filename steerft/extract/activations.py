@@ -20,9 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, EncodedRow, batches, encode
-from ..tuner.arch import architecture_of, decoder_blocks, hidden_size
-from ..tuner.layer import hidden_of
-from ..tuner.model import resolve_layers
+from ..tuner import block_indices, block_list, hidden_of, hidden_size
 
 Reduce = Literal["last", "mean"]
 REDUCTIONS = ("last", "mean")
@@ -36,8 +34,8 @@ class _StopForward(Exception):
 def site_readers(model: nn.Module, layers: Sequence[int], *, early_exit: bool = True) -> Iterator[dict[int, torch.Tensor]]:
     """Capture block outputs at `layers` into the yielded dict during forward passes."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = decoder_blocks(base, architecture_of(base, _blocks_path(model)))
-    layers = resolve_layers(list(layers), len(blocks))
+    blocks = block_list(base, _blocks_path(model))
+    layers = block_indices(base, layers, _blocks_path(model))
     captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
 
@@ -116,12 +114,12 @@ def read_activations(
     if world > 1:
         pieces = gather_object(pieces)
     pieces.sort(key=lambda piece: piece[0])
-    return {layer: torch.stack([acts[layer] for _, acts in pieces]) for layer in resolve_layers(list(layers), _n_blocks(model))}
+    return {layer: torch.stack([acts[layer] for _, acts in pieces]) for layer in _indices(model, layers)}
 
 
-def _n_blocks(model: nn.Module) -> int:
+def _indices(model: nn.Module, layers: Sequence[int]) -> list[int]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return len(decoder_blocks(base, architecture_of(base, _blocks_path(model))))
+    return block_indices(base, layers, _blocks_path(model))
 
 
 def _read_rows(
@@ -134,7 +132,7 @@ def _read_rows(
     padding_side: str,
     progress: bool,
 ) -> dict[int, torch.Tensor]:
-    layers = resolve_layers(list(layers), _n_blocks(model))
+    layers = _indices(model, layers)
     device = next(model.parameters()).device
     out = {layer: torch.empty(len(rows), hidden_size(model)) for layer in layers}
     n_batches = -(-len(rows) // batch_size)

@@ -17,9 +17,10 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..data import ContrastPair
 from ..io import atomic_dir, atomic_write
-from ..tuner import SteerConfig
+from ..adapter import fixed_vectors
 from .activations import Reduce, read_activations
-from .estimators import Direction, estimate, truth_accuracy
+from .estimators import Direction, estimate
+from .scoring import truth_accuracy
 from .report import LayerReport
 
 # Directions fitted on (x+, x-) without labels; their truth threshold is their own mean projection.
@@ -61,24 +62,19 @@ class Extraction:
     directions: dict[tuple[str, int], Direction]
     reports: list[LayerReport] = field(default_factory=list)
 
-    def vectors(self, estimator: str) -> dict[int, torch.Tensor]:
-        return {layer: d.vector for (name, layer), d in self.directions.items() if name == estimator}
-
 
 def fit_directions(
     train: PairActivations,
     estimators: Sequence[str],
     *,
     heldout: PairActivations | None = None,
-    estimator_options: dict[str, dict] | None = None,
 ) -> Extraction:
     """Every estimator at every layer, each with its per-layer report."""
-    options = estimator_options or {}
     result = Extraction({})
     for layer in sorted(train.positive):
         pos, neg = train.at(layer)
         for name in estimators:
-            direction = estimate(name, pos, neg, **options.get(name, {}))
+            direction = estimate(name, pos, neg)
             result.directions[(name, layer)] = direction
             result.reports.append(LayerReport.from_direction(
                 layer, direction, train=(pos, neg), residual_norm=train.residual_norm(layer),
@@ -131,7 +127,7 @@ def save_adapter(model, vectors: dict[int, torch.Tensor], out_dir: str | Path, *
     The adapter is attached to `model` only while saving and removed again, so the caller's
     model is left as it was.
     """
-    config = SteerConfig(layers=sorted(vectors), init=vectors, multiplier=multiplier, trainable=False)
+    config = fixed_vectors(vectors, multiplier)
     config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
     peft_model = get_peft_model(model, config)
     try:

@@ -19,15 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from steerft.extract.estimators import (
-    Direction,
-    cosine_similarity_matrix,
-    explained_variance,
-    pair_accuracy,
-    relative_norm,
-    truth_accuracy,
-)
-from steerft.io import atomic_write
+from ..io import atomic_write
+from .estimators import Direction, explained_variance
+from .scoring import cosine_similarity_matrix, pair_accuracy, relative_norm
 
 Tensor = torch.Tensor
 
@@ -39,9 +33,8 @@ _MAX_ANNOTATED = 12
 class LayerReport:
     """How one estimator's direction at one layer scores.
 
-    Accuracies are pair accuracies (see ``pair_accuracy``); ``truth_accuracy*`` are set
-    for statement data only, on the held-out split (``truth_accuracy`` with the
-    estimator's own, label-free sign; ``truth_accuracy_best_sign`` with the better one).
+    Accuracies are pair accuracies (see ``pair_accuracy``); truth accuracies on statement
+    data are the truth study's (``pipeline.truth_directions``).
     ``explained_variance`` is the uncentred fraction of the training differences along the
     direction; ``relative_norm`` is ‖vector‖ over the residual-stream norm at the site.
     """
@@ -54,8 +47,6 @@ class LayerReport:
     norm: float
     relative_norm: float
     explained_variance: float
-    truth_accuracy: float | None = None
-    truth_accuracy_best_sign: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -67,16 +58,9 @@ class LayerReport:
         train: tuple[Tensor, Tensor],
         residual_norm: float,
         heldout: tuple[Tensor, Tensor] | None = None,
-        heldout_labels: Tensor | Sequence[int] | None = None,
     ) -> LayerReport:
-        """Score ``direction`` on the (pos, neg) pairs it was fitted on and, if given, held-out pairs.
-
-        ``heldout_labels`` (1 = statement true) turns on the truth accuracies.
-        """
-        if heldout_labels is not None and heldout is None:
-            raise ValueError("heldout_labels needs heldout pairs to score")
+        """Score ``direction`` on the (pos, neg) pairs it was fitted on and, if given, held-out pairs."""
         pos, neg = train
-        labelled = heldout_labels is not None
         return cls(
             layer=layer,
             estimator=direction.info["estimator"],
@@ -86,10 +70,6 @@ class LayerReport:
             norm=float(direction.vector.norm()),
             relative_norm=relative_norm(direction.vector, residual_norm),
             explained_variance=explained_variance(pos - neg, direction),
-            truth_accuracy=truth_accuracy(direction, *heldout, heldout_labels) if labelled else None,
-            truth_accuracy_best_sign=(
-                truth_accuracy(direction, *heldout, heldout_labels, best_sign=True) if labelled else None
-            ),
             info=dict(direction.info),
         )
 
@@ -148,7 +128,6 @@ def _figure(reports: Sequence[LayerReport], names: list[str], cosines: Tensor, t
     series = (
         ("train pairs", "--", "train_accuracy"),
         ("held-out pairs", "-", "heldout_accuracy"),
-        ("held-out truth", ":", "truth_accuracy"),
     )
     shown: dict[str, str] = {}
     for estimator, rows in _by_estimator(reports).items():

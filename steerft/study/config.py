@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..adapter import KINDS as ADAPTER_KINDS
+from ..adapter import AdapterSpec, default_learning_rate
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict
-from ..train import DEFAULT_LEARNING_RATE
+from ..training import METHODS as TRAINING_METHODS
+from ..training import TRAINER_DEFAULTS, check_trainer, for_method
 from ..tuner import POSITIONS
-
-KINDS = ("behaviour", "truth")
-"""Study kinds: `behaviour` (n x method x seed on a behaviour dataset) and `truth` (n x estimator x
-seed x layer on true/false statements: do label-free directions find truth?)."""
+from .methods import METHODS
 
 SELECT_BY = ("mean_margin", "accuracy")
 
@@ -28,23 +28,36 @@ NOT_IN_FINGERPRINT = ("name", "methods", "n", "seeds", "output_dir", "wandb", "w
                       "workers")
 
 
+STUDY_TRAINER_DEFAULTS = {"max_steps": 16}  # a fixed budget at every n (max_steps: -1 trains num_train_epochs)
+
+
 @dataclass
 class TrainSettings:
-    """How the trained methods (steer-*, lora-*, full-sft) are trained; the same for every n."""
+    """How the trained methods (steer-*, lora-*, full-sft) are trained; the same for every n.
 
-    steps: int | None = 16  # optimiser steps per run at every n (a fixed budget); null: use epochs
-    epochs: float = 3.0
-    batch_size: int = 4
-    steer_lr: float = DEFAULT_LEARNING_RATE["steer"]
-    lora_lr: float = DEFAULT_LEARNING_RATE["lora"]
-    full_lr: float = DEFAULT_LEARNING_RATE["full"]
-    beta: float = 0.1  # DPO
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    layers: list[int] = field(default_factory=lambda: [14])  # where trained vectors are trained (each is tried)
+    `adapter` and `trainer` are the sections of a train config: the method name sets the adapter
+    kind, a steering vector is trained at each of `adapter.layers` (each is tried), and `trainer`
+    holds TRL's SFTConfig / DPOConfig keys (each method gets the keys its config has).
+    """
+
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    trainer: dict = field(default_factory=dict)  # over STUDY_TRAINER_DEFAULTS and steerft.training's
+    # learning rate per adapter kind (steer, lora, full) where `trainer.learning_rate` is unset;
+    # a kind not named here gets steerft.adapter.default_learning_rate
+    learning_rates: dict[str, float] = field(default_factory=dict)
     multipliers: list[float] = field(default_factory=lambda: [1.0, 2.0])  # inference scales of trained vectors
-    max_length: int | None = 256
+
+    def trainer_args(self, method: str, kind: str) -> dict:
+        """The TRL settings of one trained method (`method` sft or dpo, adapter `kind`)."""
+        learning_rate = self.learning_rates.get(kind, default_learning_rate(kind))
+        return {**STUDY_TRAINER_DEFAULTS, "learning_rate": learning_rate, **for_method(self.trainer, method)}
+
+    def budget(self) -> str:
+        """The training budget in words, for the report."""
+        trainer = {**TRAINER_DEFAULTS, **STUDY_TRAINER_DEFAULTS, **self.trainer}
+        steps, batch = trainer["max_steps"], trainer["per_device_train_batch_size"]
+        spent = f"{steps} optimiser steps" if steps > 0 else f"{trainer.get('num_train_epochs', 3.0):g} epochs"
+        return f"{spent}, batch {batch}"
 
 
 @dataclass
@@ -65,7 +78,6 @@ class EvalSettings:
 class StudyConfig:
     """Settings of `steerft study` (YAML keys = field names; `train.*` and `eval.*` are sections)."""
 
-    kind: str = "behaviour"
     name: str = "study"  # W&B group and report title
     model: str = DEFAULT_MODEL
     dataset: str = "sentiment"
@@ -82,7 +94,6 @@ class StudyConfig:
     select_by: str = "mean_margin"  # validation criterion for layer and multiplier
     positions: str = "all"  # tokens steered by every vector method
     max_demonstrations: int = 8  # few-shot: at most this many of the n items as demonstrations
-    estimators: list[str] = field(default_factory=lambda: ["ccs", "pca", "mean_diff", "logistic"])  # kind: truth
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     output_dir: str = "runs/study"
@@ -97,23 +108,12 @@ class StudyConfig:
 
 def check(config: StudyConfig) -> None:
     """Refuse a config that cannot run, naming the key and the fix."""
-    from .methods import METHODS  # the registry imports this module's settings
-
-    if config.kind not in KINDS:
-        raise ConfigError(f"kind={config.kind!r} is not a study kind; allowed values: {', '.join(KINDS)}.")
-    for key in ("n", "seeds", "layers"):
-        _non_empty_unique(key, getattr(config, key))
-    if config.kind == "truth":
-        from .truth import check_truth
-
-        check_truth(config)
-        return
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"methods: unknown method {unknown[0]!r}; allowed values: {', '.join(METHODS)}.")
     for key in ("methods", "n", "seeds", "layers", "multipliers"):
         _non_empty_unique(key, getattr(config, key))
-    _non_empty_unique("train.layers", config.train.layers)
+    _non_empty_unique("train.adapter.layers", config.train.adapter.layers)
     _non_empty_unique("train.multipliers", config.train.multipliers)
     if min(config.n) < 1:
         raise ConfigError(f"n={config.n}: every training-set size must be >= 1 (n=0 is the `none` baseline).")
@@ -125,9 +125,20 @@ def check(config: StudyConfig) -> None:
         raise ConfigError(f"select_by={config.select_by!r}; allowed values: {', '.join(SELECT_BY)}.")
     if config.positions not in POSITIONS:
         raise ConfigError(f"positions={config.positions!r}; allowed values: {', '.join(POSITIONS)}.")
+    if config.train.adapter.positions not in ("all", config.positions):
+        raise ConfigError(f"train.adapter.positions={config.train.adapter.positions!r}: a study steers the same "
+                          "tokens with every vector method; set `positions:` at the top level only.")
+    if config.train.adapter.peft is not None or config.train.adapter.kind != AdapterSpec.kind:
+        raise ConfigError("train.adapter.kind / train.adapter.peft: a study's method names set the adapter kind "
+                          "(steer-*, lora-*, full-sft); drop the key.")
+    config.train.trainer = check_trainer(config.train.trainer, TRAINING_METHODS, where="train.trainer")
+    for kind, rate in config.train.learning_rates.items():
+        if kind not in ADAPTER_KINDS:
+            raise ConfigError(f"train.learning_rates.{kind}: not an adapter kind; allowed keys: "
+                              f"{', '.join(ADAPTER_KINDS)}.")
+        if not rate > 0:
+            raise ConfigError(f"train.learning_rates.{kind}={rate!r} must be positive.")
     _positive(config, ("max_demonstrations", "threads", "workers"))
-    _positive(config.train, ("steps", "epochs", "batch_size", "steer_lr", "lora_lr", "full_lr", "beta", "lora_r",
-                             "lora_alpha", "max_length"), "train.")
     _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
 
 

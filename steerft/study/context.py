@@ -10,27 +10,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..data import (
-    BehaviourDataError,
-    BehaviourDataset,
-    BehaviourItem,
-    PromptFormatter,
-    Splits,
-    load_behaviour,
-    load_texts,
-    split_items,
-)
-from ..models import ModelNotAvailableError, load_model
+from ..data import BehaviourItem, PromptFormatter, load_texts
+from ..jobs import startup
 from ..runconfig import ConfigError
-from ..tuner import resolve_layers
-from ..tuner.arch import architecture_of, decoder_blocks
-from .config import StudyConfig
+
+if TYPE_CHECKING:  # the config module imports the method registry, which builds on this module
+    from .config import StudyConfig
 
 T = TypeVar("T")
 
@@ -42,7 +33,6 @@ GENERAL_TEXT_REQUEST = "Write a short paragraph."
 class StudyData:
     """The dataset and the fixed splits: `test` is the same for every method and never used to choose anything."""
 
-    dataset: BehaviourDataset
     train: list[BehaviourItem]
     val: list[BehaviourItem]
     test: list[BehaviourItem]
@@ -51,11 +41,7 @@ class StudyData:
 
 def load_data(config: StudyConfig) -> StudyData:
     """Load and split the dataset, refusing an n the training split cannot supply."""
-    try:
-        dataset = load_behaviour(config.dataset, fields=config.fields)
-        splits: Splits = split_items(dataset.items, config.split_seed, config.val_frac, config.test_frac)
-    except BehaviourDataError as err:
-        raise ConfigError(f"dataset={config.dataset!r}: {err}") from err
+    dataset, splits = startup.load_splits(config)
     if max(config.n) > len(splits.train):
         raise ConfigError(f"n={config.n}: the training split of {dataset.name!r} has only {len(splits.train)} items; "
                           "lower n, or lower val_frac/test_frac.")
@@ -63,8 +49,8 @@ def load_data(config: StudyConfig) -> StudyData:
     if system_prompt is None and any("system-prompt" in m for m in config.methods):
         raise ConfigError(f"methods: the system-prompt methods need a system prompt, and dataset "
                           f"{config.dataset!r} has none; set system_prompt: '...' in the config.")
-    return StudyData(dataset, splits.train, _cap(splits.val, config.eval.val_items),
-                     _cap(splits.test, config.eval.test_items), system_prompt)
+    return StudyData(splits.train, _cap(splits.val, config.eval.val_items), _cap(splits.test, config.eval.test_items),
+                     system_prompt)
 
 
 def _cap(items: list[T], limit: int | None) -> list[T]:
@@ -108,24 +94,14 @@ class StudyContext:
 
 def load_base_model(config: StudyConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The base model, on the GPU when there is one."""
-    try:
-        model, tokenizer = load_model(config.model)
-    except (OSError, ValueError, ModelNotAvailableError) as err:
-        raise ConfigError(f"model={config.model!r} could not be loaded: {err}") from err
+    model, tokenizer = startup.load_job_model(config.model)
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
 
 
 def resolved_layers(config: StudyConfig, model: nn.Module) -> tuple[list[int], list[int]]:
     """Candidate layers of extracted and of trained vectors as block indices (negatives count from the end)."""
-    n_blocks = len(decoder_blocks(model, architecture_of(model)))
-    resolved = []
-    for key, layers in (("layers", config.layers), ("train.layers", config.train.layers)):
-        try:
-            resolved.append(resolve_layers(list(layers), n_blocks))
-        except ValueError as err:
-            raise ConfigError(f"{key}={layers}: the model has {n_blocks} blocks, so layers must lie in "
-                              f"{-n_blocks}..{n_blocks - 1}.") from err
-    return resolved[0], resolved[1]
+    return (startup.layers_of(model, config.layers, "layers"),
+            startup.layers_of(model, config.train.adapter.layers, "train.adapter.layers"))
 
 
 def eval_inputs(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:

@@ -15,7 +15,7 @@ import io
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -23,7 +23,8 @@ from torch import nn
 
 from ..data import BehaviourItem, contrast_pairs, training_subset
 from ..extract import PairActivations, estimate, pair_activations
-from ..train import TrainConfig, adapter_config, fit, trainer_args, training_rows
+from ..adapter import peft_config
+from ..training import fit, training_rows
 from .context import StudyContext
 from .scorable import Scorable, attach, trainable_params
 from .select import Choice, best_of, choose_steering, multipliers_on
@@ -94,23 +95,18 @@ def _quiet() -> Iterator[None]:
 
 def train(ctx: StudyContext, items: list[BehaviourItem], seed: int, *, method: str, adapter: str,
           layer: int | None = None) -> nn.Module:
-    """SFT or DPO of a steer, LoRA or full adapter on a copy of the base model, via steerft.train."""
+    """SFT or DPO of a steer, LoRA or full adapter on a copy of the base model (steerft.training.fit)."""
     from transformers import set_seed
 
     settings = ctx.config.train
-    config = TrainConfig(
-        model=ctx.config.model, dataset=ctx.config.dataset, method=method, adapter=adapter,
-        layers=[layer if layer is not None else ctx.train_layers[0]], positions=ctx.config.positions,
-        lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_target_modules=list(settings.lora_target_modules),
-        n=len(items), seed=seed, learning_rate={"steer": settings.steer_lr, "lora": settings.lora_lr,
-                                                "full": settings.full_lr}[adapter],
-        num_epochs=settings.epochs, max_steps=settings.steps, batch_size=settings.batch_size, beta=settings.beta,
-        max_length=settings.max_length, wandb=False)
+    spec = replace(settings.adapter, kind=adapter, layers=[layer if layer is not None else ctx.train_layers[0]],
+                   positions=ctx.config.positions)
     set_seed(seed)  # TRL initialises LoRA weights before the trainer seeds itself
     with tempfile.TemporaryDirectory() as tmp, _quiet():
-        args = {**trainer_args(config, tmp), "disable_tqdm": True, "logging_strategy": "no"}
+        args = {**settings.trainer_args(method, adapter), "output_dir": tmp, "seed": seed, "disable_tqdm": True,
+                "logging_strategy": "no"}
         model = fit(ctx.fresh_model(), ctx.tokenizer, training_rows(method, items, ctx.fmt), method=method,
-                    peft_config=adapter_config(config), args=args)
+                    peft_config=peft_config(spec), args=args)
     return model.eval()
 
 

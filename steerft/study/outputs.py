@@ -30,8 +30,11 @@ CSV_COLUMNS = ("method", "family", "n", "seed", "shared", "accuracy", "mean_marg
 ALL_N = "all"  # summary key of methods measured once
 
 
-def write_outputs(config: StudyConfig, points: Sequence[Point], records: dict[str, dict[str, Any]], out: Path) -> None:
-    """Write results.csv, summary.json, curves.png, side_effects.png, generations/ and report.md (atomically)."""
+def write_outputs(config: StudyConfig, points: Sequence[Point], records: dict[str, dict[str, Any]],
+                  out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Write results.csv, summary.json, curves.png, side_effects.png, generations/ and report.md (atomically).
+
+    Returns the rows and the summary, for W&B (`wandb_log.log_study`)."""
     rows = point_rows(points, records)
     summary = summarise(config, rows, records)
     write_text(out / "results.csv", _csv(rows))
@@ -40,10 +43,7 @@ def write_outputs(config: StudyConfig, points: Sequence[Point], records: dict[st
     plot_side_effects(summary, out / "side_effects.png")
     _write_generations(config, points, records, out / "generations")
     write_text(out / "report.md", render_report(config, summary, rows))
-    if config.wandb:
-        from .wandb_log import log_study
-
-        log_study(config, rows, summary, out)
+    return rows, summary
 
 
 def point_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

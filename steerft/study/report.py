@@ -62,13 +62,11 @@ def crossover(tuned: dict[int, Stats], steering: dict[str, dict[int, Stats]]) ->
 
 def _header(config: StudyConfig, summary: dict[str, Any]) -> str:
     methods = ", ".join(summary["methods"])
-    train = config.train
-    budget = f"{train.steps} optimiser steps" if train.steps else f"{train.epochs:g} epochs"
     return (f"# Study `{config.name}`: {config.dataset} on {config.model}\n\n"
             f"Methods: {methods}. n = {', '.join(map(str, config.n))}; seeds = "
             f"{', '.join(map(str, config.seeds))}. Held-out test split: {summary['test_items']} items (the same for "
             f"every method; never used to choose anything). Layers and multipliers chosen on the validation split "
-            f"by {config.select_by.replace('_', ' ')}. Trained methods: {budget}, batch {train.batch_size}, "
+            f"by {config.select_by.replace('_', ' ')}. Trained methods: {config.train.budget()}, "
             "at every n.")
 
 

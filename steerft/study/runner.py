@@ -19,6 +19,7 @@ import torch
 
 from ..data import PromptFormatter
 from ..io import write_json, write_text
+from ..jobs import startup
 from ..metrics import reference_continuations
 from ..runconfig import ConfigError, as_dict
 from . import workers
@@ -27,8 +28,8 @@ from .context import StudyContext, StudyData, eval_inputs, load_base_model, load
 from .evaluate import measure
 from .methods import METHODS
 from .outputs import write_outputs
-from .truth import run_truth_study
 from .points import POINTS_FILE, Point, PointLog, grid, log_path, log_paths, read_points, shard
+from .wandb_log import log_study
 
 STUDY_FILE = "study.json"
 REFERENCES_FILE = "references.json"
@@ -40,16 +41,9 @@ _DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GRO
 
 
 def run_study(config: StudyConfig) -> Path:
-    """Run (or resume) the study described by `config`; returns its output folder."""
-    return RUNNERS[config.kind](config)
-
-
-def run_behaviour_study(config: StudyConfig) -> Path:
-    """The n x method x seed grid on one behaviour dataset."""
+    """Run (or resume) the n x method x seed grid on one behaviour dataset; returns its output folder."""
     rank, world = _claim_rank()
-    threads = _threads(config)
-    if threads:
-        torch.set_num_threads(threads)
+    startup.set_threads(_threads(config))
     out = Path(config.output_dir)
     points = grid(config)
     data = load_data(config)
@@ -62,7 +56,9 @@ def run_behaviour_study(config: StudyConfig) -> Path:
         _compute_share(config, data, points, out, rank, world)
         if rank == 0:
             records = _collect(points, out, spawned)
-            write_outputs(config, points, records, out)
+            rows, summary = write_outputs(config, points, records, out)
+            if config.wandb:
+                log_study(config, rows, summary, out)
             print(f"steerft study {config.name}: wrote {out / 'report.md'}", flush=True)
     finally:
         workers.stop(spawned)
@@ -81,9 +77,6 @@ def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], ou
         ctx = _context(config, data, out)
         _compute(ctx, todo, PointLog(log_path(out, rank, world)), done=len(mine) - len(todo), total=len(mine),
                  tag=tag)
-
-
-RUNNERS = {"behaviour": run_behaviour_study, "truth": run_truth_study}  # one per study kind (config.KINDS)
 
 
 def _threads(config: StudyConfig) -> int | None:

@@ -17,7 +17,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 
 from ..data import BehaviourItem, ContrastPair, PromptFormatter
-from ..tuner import SteerConfig
+from ..adapter import fixed_vectors
 
 
 @dataclass
@@ -39,14 +39,9 @@ class Scorable:
                              negative=self.fmt.completion(item.not_matching), id=item.id) for item in items]
 
 
-def steer_config(vectors: dict[int, torch.Tensor], multiplier: float, positions: str) -> SteerConfig:
-    return SteerConfig(layers=sorted(vectors), init=vectors, multiplier=multiplier, positions=positions,
-                       trainable=False)
-
-
 def attach(model: nn.Module, vectors: dict[int, torch.Tensor], multiplier: float, positions: str) -> PeftModel:
     """Steer `model` (a private copy) for good: the method's final model."""
-    return get_peft_model(model, steer_config(vectors, multiplier, positions))
+    return get_peft_model(model, fixed_vectors(vectors, multiplier, positions))
 
 
 @contextmanager

@@ -25,7 +25,7 @@ def spawn(config: StudyConfig, world: int) -> list[subprocess.Popen]:
     procs = []
     for rank in range(1, world):
         assignment = {"rank": rank, "world": world, "parent": os.getpid(), "config": as_dict(config)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "steerft.study.workers"],
+        procs.append(subprocess.Popen([sys.executable, "-m", "steerft.jobs.study"],
                                       env={**os.environ, WORKER_ENV: json.dumps(assignment)}))
     return procs
 
@@ -61,12 +61,6 @@ def stop(procs: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def main() -> int:
-    from .runner import run_study
-
-    run_study(build(StudyConfig, json.loads(os.environ[WORKER_ENV])["config"], where="study worker"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def worker_config() -> StudyConfig:
+    """The study config a spawned worker was started with."""
+    return build(StudyConfig, json.loads(os.environ[WORKER_ENV])["config"], where="study worker")

@@ -1,4 +1,4 @@
-"""The truth-direction study: do label-free directions find what a model represents as true?
+"""The truth-direction study (`steerft truth`): do label-free directions find what a model represents as true?
 
 On true/false statements (x+ = statement answered "True", x- = answered "False"), CCS and
 PCA see no labels; mean_diff and logistic do. Each is fitted on n training statements for several
@@ -11,27 +11,57 @@ from __future__ import annotations
 import csv
 import io
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import tracking
-from ..data import PromptFormatter, load_statements, split_items, statement_pairs, training_subset
+from ..data import PromptFormatter, load_statements, statement_pairs, training_subset
 from ..extract import ESTIMATORS, PairActivations, pair_activations, truth_directions
-from ..io import write_json, write_text
+from ..io import atomic_write, write_json, write_text
 from ..metrics import chance_band, completion_logprobs, mean_ci95
-from ..models import load_model, model_info
+from ..models import DEFAULT_MODEL, model_info
 from ..runconfig import ConfigError, as_dict
-from ..tuner import resolve_layers
-from ..tuner.arch import architecture_of, decoder_blocks
-from .config import StudyConfig
+from .startup import layers_of, load_job_model, load_splits, set_threads
 
 COLUMNS = ("estimator", "supervised", "layer", "n", "seed", "accuracy", "accuracy_best_sign")
 MIN_N = 2  # PCA, a probe and CCS need two statements at least
 
 
-def check_truth(config: StudyConfig) -> None:
+@dataclass
+class TruthConfig:
+    """Settings of `steerft truth` (YAML keys = field names)."""
+
+    name: str = "truth"  # W&B group and report title
+    model: str = DEFAULT_MODEL
+    dataset: str = "truth"  # true/false statements, as for load_statements
+    fields: dict | None = None  # column renames
+    n: list[int] = field(default_factory=lambda: [2, 8, 32])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    split_seed: int = 0  # fixes the held-out split; keep it fixed across runs
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    layers: list[int] = field(default_factory=lambda: [8, 14, 20])
+    estimators: list[str] = field(default_factory=lambda: ["ccs", "pca", "mean_diff", "logistic"])
+    test_items: int | None = 40  # held-out statements scored (null: all)
+    batch_size: int = 16
+    output_dir: str = "runs/truth"
+    wandb: bool = True
+    wandb_project: str = "steerft"
+    threads: int | None = None  # torch.set_num_threads
+
+    def __post_init__(self) -> None:
+        check_truth(self)
+
+
+def check_truth(config: TruthConfig) -> None:
+    """Refuse a config that cannot run, naming the key and the fix."""
+    for key in ("n", "seeds", "layers"):
+        values = getattr(config, key)
+        if not values or len(set(values)) != len(values):
+            raise ConfigError(f"{key}={values}: list at least one value, each once.")
     unknown = [name for name in config.estimators if name not in ESTIMATORS]
     if unknown or not config.estimators:
         raise ConfigError(f"estimators={config.estimators}: name at least one of {', '.join(ESTIMATORS)}.")
@@ -39,22 +69,20 @@ def check_truth(config: StudyConfig) -> None:
         raise ConfigError(f"n={config.n}: a truth study needs n >= {MIN_N} statements per fit.")
 
 
-def run_truth_study(config: StudyConfig) -> Path:
+def run_truth_study(config: TruthConfig) -> Path:
     """Fit every estimator at every layer for every (n, seed); write CSV, summary, figure and report."""
     check_truth(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     started = time.perf_counter()
-    statements = load_statements(config.dataset, fields=config.fields).items
-    splits = split_items(statements, config.split_seed, config.val_frac, config.test_frac)
+    _, splits = load_splits(config, load_statements)
     if max(config.n) > len(splits.train):
         raise ConfigError(f"n={max(config.n)} exceeds the {len(splits.train)} training statements of {config.dataset!r}.")
-    test = splits.test[: config.eval.test_items] if config.eval.test_items else splits.test
-    model, tokenizer = load_model(config.model)
-    layers = _layers(config, model)
+    test = splits.test[: config.test_items] if config.test_items else splits.test
+    model, tokenizer = load_job_model(config.model)
+    layers = layers_of(model, config.layers)
     fmt = PromptFormatter(tokenizer)
     needed = sorted({i for seed in config.seeds for i in _subset_index(splits.train, max(config.n), seed)})
-    read = dict(reduce="last", batch_size=config.eval.batch_size, progress=True)
+    read = dict(reduce="last", batch_size=config.batch_size, progress=True)
     train_pairs, train_labels = statement_pairs([splits.train[i] for i in needed], fmt)
     train_acts = pair_activations(model, tokenizer, train_pairs, layers, **read)
     test_pairs, test_labels = statement_pairs(test, fmt)
@@ -70,18 +98,11 @@ def run_truth_study(config: StudyConfig) -> Path:
                       "accuracy": result["accuracy"], "accuracy_best_sign": result["accuracy_best_sign"]}
                      for (name, layer), result in fits.items()]
             print(f"truth study: n={n} seed={seed} done ({time.perf_counter() - started:.0f}s)", flush=True)
-    zero_shot = _zero_shot_accuracy(model, tokenizer, test_pairs, test_labels, config.eval.batch_size)
+    zero_shot = _zero_shot_accuracy(model, tokenizer, test_pairs, test_labels, config.batch_size)
     out = Path(config.output_dir)
     summary = _summary(config, rows, zero_shot, len(test), model_info(model), time.perf_counter() - started)
     _write(config, rows, summary, out)
     return out
-
-
-def _layers(config: StudyConfig, model) -> list[int]:
-    try:
-        return resolve_layers(config.layers, len(decoder_blocks(model, architecture_of(model))))
-    except ValueError as err:
-        raise ConfigError(f"layers: {err}") from err
 
 
 def _subset_index(train: list, n: int, seed: int) -> list[int]:
@@ -102,7 +123,7 @@ def _zero_shot_accuracy(model, tokenizer, pairs, labels, batch_size: int) -> flo
     return float(((true > false) == torch.tensor(labels)).double().mean())
 
 
-def _summary(config: StudyConfig, rows: list[dict], zero_shot: float, n_test: int, info: dict, seconds: float) -> dict:
+def _summary(config: TruthConfig, rows: list[dict], zero_shot: float, n_test: int, info: dict, seconds: float) -> dict:
     curves: dict[str, dict[str, dict[str, Any]]] = {}
     for name in config.estimators:
         for layer in sorted({r["layer"] for r in rows}):
@@ -116,7 +137,7 @@ def _summary(config: StudyConfig, rows: list[dict], zero_shot: float, n_test: in
             "zero_shot_accuracy": zero_shot, "curves": curves, "seconds": seconds}
 
 
-def _write(config: StudyConfig, rows: list[dict], summary: dict, out: Path) -> None:
+def _write(config: TruthConfig, rows: list[dict], summary: dict, out: Path) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
     writer.writeheader()
@@ -131,8 +152,6 @@ def _write(config: StudyConfig, rows: list[dict], summary: dict, out: Path) -> N
 
 def _plot(summary: dict, path: Path) -> None:
     from matplotlib.figure import Figure
-
-    from ..io import atomic_write
 
     layers = list(next(iter(summary["curves"].values())))
     figure = Figure(figsize=(4 * len(layers), 3.4), layout="constrained")
@@ -157,7 +176,7 @@ def _plot(summary: dict, path: Path) -> None:
     atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
 
 
-def _report(config: StudyConfig, summary: dict) -> str:
+def _report(config: TruthConfig, summary: dict) -> str:
     best = {}
     for name, by_layer in summary["curves"].items():
         largest = str(max(config.n))
@@ -183,7 +202,7 @@ def _report(config: StudyConfig, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _log(config: StudyConfig, rows: list[dict], summary: dict) -> None:
+def _log(config: TruthConfig, rows: list[dict], summary: dict) -> None:
     import wandb
 
     run = tracking.init_run(config.wandb_project, f"{config.name}-truth", config.name, as_dict(config), "truth-study")

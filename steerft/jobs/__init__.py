@@ -1,0 +1,10 @@
+"""The jobs behind the `steerft` subcommands, one module each, in one shape: a config dataclass and a run function.
+
+- `extract`: `ExtractConfig`, `run_extraction` (vectors from contrast pairs)
+- `train`: `TrainConfig`, `run_training` (SFT or DPO of an adapter, one run folder)
+- `study`: `StudyConfig`, `run_study` (the n x method x seed study, steerft.study)
+- `truth`: `TruthConfig`, `run_truth_study` (do label-free directions find truth?)
+
+`startup` holds what they share before their real work. The package imports none of them, so
+the library can use `startup` without loading every job.
+"""

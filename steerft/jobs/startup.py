@@ -1,0 +1,50 @@
+"""What every job does before its real work, each failure reported as one `ConfigError` line.
+
+Threads, the dataset and its fixed splits, the model, and the config's layers as block indices:
+the same four steps in the extract, train, study and truth jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..data import BehaviourDataError, Splits, load_behaviour, split_items
+from ..models import ModelNotAvailableError, load_model
+from ..runconfig import ConfigError
+from ..tuner import block_indices
+
+
+def set_threads(threads: int | None) -> None:
+    """torch.set_num_threads when the config names a count (null: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_splits(config, loader: Callable = load_behaviour):
+    """The config's dataset (keys dataset, fields, split_seed, val_frac, test_frac) and its fixed splits."""
+    try:
+        dataset = loader(config.dataset, fields=config.fields)
+        splits: Splits = split_items(dataset.items, config.split_seed, config.val_frac, config.test_frac)
+    except BehaviourDataError as err:
+        raise ConfigError(f"dataset={config.dataset!r}: {err}") from err
+    return dataset, splits
+
+
+def load_job_model(name_or_path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The model and tokenizer the config names."""
+    try:
+        return load_model(name_or_path)
+    except (OSError, ValueError, ModelNotAvailableError) as err:
+        raise ConfigError(f"model={name_or_path!r} could not be loaded: {err}") from err
+
+
+def layers_of(model: nn.Module, layers: Sequence[int], key: str = "layers") -> list[int]:
+    """The config's `key` as block indices of `model`."""
+    try:
+        return block_indices(model, layers)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from err

@@ -1,0 +1,218 @@
+"""The job behind `steerft train` and `recipes/{sft,dpo}.py`: check, train, write a run folder.
+
+The run folder (adapter, config.yaml, subset_ids.json, metrics.json) is written atomically, from
+the main process only when launched with Accelerate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from peft import PeftConfig
+
+from .. import tracking
+from ..adapter import AdapterSpec, adapter_kind, default_learning_rate, peft_config
+from ..data import BehaviourItem, PromptFormatter, contrast_pairs, training_subset
+from ..io import atomic_dir, write_json, write_text
+from ..metrics import preference
+from ..models import DEFAULT_MODEL
+from ..runconfig import ConfigError, as_dict, build
+from ..training import METHODS, build_trainer, check_trainer, training_rows
+from ..tuner import SteerConfig, hidden_size
+from .startup import layers_of, load_job_model, load_splits, set_threads
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `steerft train` and the recipes (YAML keys = field names; `adapter` and `trainer` are sections)."""
+
+    model: str = DEFAULT_MODEL
+    dataset: str = "sentiment"
+    fields: dict | None = None  # column renames, as for load_behaviour
+    method: str = "sft"  # sft | dpo
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    # TRL's SFTConfig / DPOConfig keys as given, over steerft's defaults (steerft.training.TRAINER_DEFAULTS);
+    # learning_rate defaults to the adapter kind's (steerft.adapter.default_learning_rate)
+    trainer: dict = field(default_factory=dict)
+    # data
+    n: int | None = None  # training items; None = the whole training split
+    seed: int = 0  # training subset and trainer seed
+    split_seed: int = 0  # keep fixed across runs: it fixes the test split
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    # output and tracking
+    output_dir: str = "runs/train"  # the run folder is output_dir/run_name
+    run_name: str | None = None  # None = derived from method, adapter, n and seed
+    eval_items: int = 32  # validation items scored for metrics.json; 0 skips the check
+    wandb: bool = True
+    wandb_project: str = "steerft"
+    wandb_group: str | None = None
+    threads: int | None = None  # torch.set_num_threads
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Refuse a bad config before anything is loaded, naming the key and the fix."""
+    config = build(TrainConfig, as_dict(config), where="train config")  # types, also for configs built in code
+    if config.method not in METHODS:
+        raise ConfigError(f"method={config.method!r} is not supported; allowed values: {', '.join(METHODS)}.")
+    config.trainer = check_trainer(config.trainer, [config.method])
+    for key in ("n", "threads"):
+        value = getattr(config, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}={value!r} must be positive (or null for the default).")
+    if config.eval_items < 0:
+        raise ConfigError(f"eval_items={config.eval_items} must be >= 0 (0 skips the held-out check).")
+    return config
+
+
+def _check_model_fit(adapter: PeftConfig | None, model) -> None:
+    """Layers and given vectors must fit the loaded model; checked before any training step."""
+    if not isinstance(adapter, SteerConfig):
+        return
+    layers_of(model, adapter.layers, "adapter.layers")
+    width = hidden_size(model)
+    for layer, vector in adapter.given_vectors.items():
+        if vector.shape != (width,):
+            raise ConfigError(f"adapter.init: the vector for layer {layer} has {vector.shape[0]} entries but the "
+                              f"model's hidden size is {width}; it was made for another model.")
+
+
+def _items(config: TrainConfig) -> tuple[list[BehaviourItem], list[BehaviourItem]]:
+    """The training subset and the validation split."""
+    dataset, splits = load_splits(config)
+    n = len(splits.train) if config.n is None else config.n
+    if n > len(splits.train):
+        raise ConfigError(f"n={n} is larger than the training split of {config.dataset!r} ({len(splits.train)} items "
+                          f"of {len(dataset)}); lower n, or lower val_frac/test_frac.")
+    return training_subset(splits.train, n, config.seed), splits.val
+
+
+def default_run_name(config: TrainConfig, kind: str, n: int) -> str:
+    """e.g. sft-steer-L14-n32-s0, dpo-lora-r8-n32-s0: unique across a study's grid axes."""
+    spec = config.adapter
+    detail = {"steer": "-L" + "_".join(map(str, spec.layers)), "lora": f"-r{spec.lora_r}"}.get(kind, "")
+    if spec.peft is not None:
+        detail = ""
+    return f"{config.method}-{kind}{detail}-n{n}-s{config.seed}"
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of an Accelerate/torchrun launch, known before the trainer sets Accelerate up."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_training(config: TrainConfig) -> Path:
+    """Check, train, and write the run folder; return its path (the same on every process)."""
+    config, adapter, train_items, val_items = _resolve(config)
+    model, tokenizer = load_job_model(config.model)
+    _check_model_fit(adapter, model)
+    run_dir = Path(config.output_dir) / config.run_name
+    main = _is_main_process()
+    if main:
+        tracking.init_run(config.wandb_project, config.run_name, config.wandb_group, as_dict(config), "train",
+                          enabled=config.wandb)
+    fmt = PromptFormatter(tokenizer)
+    try:
+        args = {"output_dir": str(run_dir), "run_name": config.run_name, "seed": config.seed, **config.trainer}
+        trainer = build_trainer(model, tokenizer, training_rows(config.method, train_items, fmt), method=config.method,
+                                peft_config=adapter, args=args, report_to=tracking.report_to(config.wandb))
+        metrics = _train(trainer, config, adapter_kind(adapter), len(train_items), announce=main)
+        metrics |= _heldout(trainer, tokenizer, val_items[: config.eval_items], fmt)
+        _save(trainer, run_dir, config, train_items, metrics, main)
+    finally:
+        tracking.finish()
+    return run_dir
+
+
+def _resolve(config: TrainConfig) -> tuple[TrainConfig, PeftConfig | None, list[BehaviourItem], list[BehaviourItem]]:
+    """Everything that needs no model: checks, seeds, adapter config, data; the config with defaults filled in."""
+    config = check_config(config)
+    set_threads(config.threads)
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    adapter = peft_config(config.adapter)
+    kind = adapter_kind(adapter)
+    train_items, val_items = _items(config)
+    config = dataclasses.replace(
+        config,
+        n=len(train_items),
+        trainer={"learning_rate": default_learning_rate(kind), **config.trainer},
+        run_name=config.run_name or default_run_name(config, kind, len(train_items)),
+    )
+    return config, adapter, train_items, val_items
+
+
+def _train(trainer, config: TrainConfig, kind: str, n: int, *, announce: bool) -> dict[str, Any]:
+    """Train, saying first what runs where (the world size is Accelerate's, known once the trainer exists)."""
+    world_size = trainer.accelerator.num_processes
+    trainable, total = _parameter_counts(trainer.model)
+    if announce:
+        print(f"steerft train: {config.run_name}: {config.method} with a {kind} adapter ({trainable:,} trainable "
+              f"parameters) on {n} items, world size {world_size} ({trainer.accelerator.device})", flush=True)
+    started = time.perf_counter()
+    result = trainer.train()
+    return _metrics(trainer, result, time.perf_counter() - started, world_size, trainable, total, n)
+
+
+def _heldout(trainer, tokenizer, items: Sequence[BehaviourItem], fmt: PromptFormatter) -> dict[str, Any]:
+    """Validation preference accuracy of the trained model, run on every rank (sharded models need all)."""
+    if not items:
+        return {}
+    with trainer.accelerator.autocast():
+        accuracy = preference(trainer.model, tokenizer, contrast_pairs(items, fmt)).accuracy
+    return {"val_preference_accuracy": accuracy, "val_items": len(items)}
+
+
+def _save(trainer, run_dir: Path, config: TrainConfig, train_items: Sequence[BehaviourItem],
+          metrics: dict[str, Any], main: bool) -> None:
+    """The main process writes the run folder in one rename; the others only join sharded gathers."""
+    if not main:
+        trainer.save_model(str(run_dir))  # writes nothing on this rank
+        return
+    with atomic_dir(run_dir) as tmp:
+        trainer.save_model(str(tmp))
+        _write_run_files(tmp, config, train_items, metrics)
+    tracking.log_summary(metrics)
+    print(f"steerft train: wrote {run_dir} (final loss {metrics['final_loss']:.4f}, "
+          f"{metrics['steps']} steps in {metrics['wall_time_s']:.1f}s)", flush=True)
+
+
+def _parameter_counts(model) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _metrics(trainer, result, seconds: float, world_size: int, trainable: int, total: int, n: int) -> dict[str, Any]:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    last_log = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
+    return {
+        "n_train": n,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else math.nan,
+        "final_loss": losses[-1] if losses else math.nan,
+        "wall_time_s": seconds,
+        "steps_per_s": trainer.state.global_step / seconds if seconds else math.nan,
+        "trainable_params": trainable,
+        "total_params": total,
+        "world_size": world_size,
+        "final_log": last_log,
+    }
+
+
+def _write_run_files(folder: Path, config: TrainConfig, train_items: Sequence[BehaviourItem],
+                     metrics: dict[str, Any]) -> None:
+    write_text(folder / "config.yaml", yaml.safe_dump(as_dict(config), sort_keys=False))
+    write_json(folder / "subset_ids.json", {"dataset": config.dataset, "n": len(train_items), "seed": config.seed,
+                                            "split_seed": config.split_seed, "ids": [i.id for i in train_items]})
+    write_json(folder / "metrics.json", metrics)

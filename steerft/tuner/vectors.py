@@ -1,0 +1,40 @@
+"""Reading the vectors of a saved steer adapter straight from its files.
+
+Next to the tuner because it reads the tuner's own layout: `adapter_config.json` (peft_type,
+operator, multiplier) and state-dict keys `...layers.<block>.steer.vector...`. A run can so start
+from an extracted vector without loading a model twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+STEER_MODULE = "steer"  # the state-dict component that follows the block index
+
+
+def load_steer_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
+    """The vectors a saved additive steer adapter applies (vector times its multiplier), keyed by block.
+
+    Raises ValueError when `path` is not such an adapter folder.
+    """
+    folder = Path(path)
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not (config_file.is_file() and weights_file.is_file()):
+        raise ValueError(f"{str(path)!r} is not a saved steer adapter folder (with adapter_config.json and "
+                         "adapter_model.safetensors).")
+    saved = json.loads(config_file.read_text())
+    if not str(saved.get("peft_type", "")).upper().startswith("STEER") or saved.get("operator", "add") != "add":
+        raise ValueError(f"{str(path)!r} holds a {saved.get('peft_type')} adapter (operator "
+                         f"{saved.get('operator')!r}); starting vectors must come from an additive steer adapter.")
+    multiplier = float(saved.get("multiplier", 1.0))
+    vectors = {}
+    for key, tensor in load_file(weights_file).items():  # e.g. base_model.model.model.layers.14.steer.vector.weight
+        parts = key.split(".")
+        if STEER_MODULE in parts:
+            vectors[int(parts[parts.index(STEER_MODULE) - 1])] = multiplier * tensor.float()
+    return vectors
