@@ -204,32 +204,32 @@ _LOAD_WITHOUT_STEERFT = textwrap.dedent(
     """
     import sys, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    folder, prompt, out = sys.argv[1:]
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    with torch.no_grad():
-        logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0]
+    prompt, *folders = sys.argv[1:]
+    for folder in folders:
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with torch.no_grad():
+            torch.save(model(**tokenizer(prompt, return_tensors="pt")).logits[0], folder + "/logits.pt")
     assert not any(name.startswith(("steerft", "peft")) for name in sys.modules), "steerft or peft was imported"
-    torch.save(logits, out)
     """
 )
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_merged_checkpoint_loads_without_steerft_and_reproduces_the_steering(tmp_path, arch):
-    base, tokenizer = _model(arch)
-    base.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    base.name_or_path = str(tmp_path / "base")
-    folder = save_adapter(base, _vectors(), tmp_path / "adapter", multiplier=1.5)
-
-    merged = export_merged(folder, tmp_path / "merged")
-    subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_STEERFT, str(merged), PROMPT, str(tmp_path / "logits.pt")],
-                   check=True, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    reloaded = torch.load(tmp_path / "logits.pt")
-    steered = _adapter_logits(folder, arch)
-    torch.testing.assert_close(reloaded, steered, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(steered, _logits(base, tokenizer), atol=1e-3)
+def test_merged_checkpoint_loads_without_steerft_and_reproduces_the_steering(tmp_path):
+    archs, merged, steered = ("llama", "gpt2"), [], []
+    for arch in archs:  # one subprocess for both: starting Python with transformers dominates the time
+        base, tokenizer = _model(arch)
+        base.save_pretrained(tmp_path / arch / "base")
+        tokenizer.save_pretrained(tmp_path / arch / "base")
+        base.name_or_path = str(tmp_path / arch / "base")
+        folder = save_adapter(base, _vectors(), tmp_path / arch / "adapter", multiplier=1.5)
+        merged.append(export_merged(folder, tmp_path / arch / "merged"))
+        steered.append(_adapter_logits(folder, arch))
+        assert not torch.allclose(steered[-1], _logits(base, tokenizer), atol=1e-3)
+    subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_STEERFT, PROMPT, *map(str, merged)], check=True,
+                   env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    for folder, expected in zip(merged, steered):
+        torch.testing.assert_close(torch.load(folder / "logits.pt"), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_merge_that_is_not_exact_is_refused(tmp_path):
