@@ -14,6 +14,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .interop.cli import add_commands as add_interop_commands
+from .interop.cli import run as run_interop
 from .runconfig import ConfigError, build, load_config
 
 # subcommand -> (module, config class, run function, help)
@@ -31,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
         job = sub.add_parser(name, help=help_text)
         job.add_argument("--config", "-c", help="YAML config file")
         job.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
+    add_interop_commands(sub)
     return top
 
 
@@ -43,6 +46,8 @@ def run_job(job: str, config_path: str | None, overrides: Sequence[str]) -> obje
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if hasattr(args, "handler"):  # export / import / push
+        return run_interop(args)
     try:
         run_job(args.job, args.config, args.overrides)
     except ConfigError as err:

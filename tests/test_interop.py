@@ -309,3 +309,42 @@ def test_push_of_a_folder_without_an_adapter_fails_before_any_upload(tmp_path):
     with pytest.raises(InteropError, match="not an adapter folder"):
         push_adapter(tmp_path, "someone/x", api=api)
     assert api.calls == []
+
+
+def test_card_of_an_extraction_run_says_how_the_vector_was_made(tmp_path):
+    run = tmp_path / "extract"
+    folder, _ = _adapter(run / "adapters", "mean_diff-layer3")
+    (run / "run.json").write_text(json.dumps({"config": {"model": "smollm2-135m-instruct", "dataset": "sentiment",
+                                                         "seed": 1}}))
+    (run / "report.json").write_text(json.dumps({"reports": [
+        {"layer": 3, "estimator": "mean_diff", "n_train": 16, "heldout_accuracy": 0.9375, "norm": 15.4},
+        {"layer": 5, "estimator": "pca", "n_train": 16, "heldout_accuracy": 0.5, "norm": 1.0}]}))
+    text = prepare_for_hub(folder).text
+    for fact in ("- method: extraction (mean_diff)", "- dataset: sentiment", "- n: 16", "- seed: 1",
+                 "- heldout_accuracy: 0.9375"):
+        assert fact in text
+    assert "0.5" not in text  # another vector's numbers stay out
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_export_import_and_dry_run_push(tmp_path, capsys):
+    from steerft.cli import main
+
+    base, tokenizer = _model()
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    folder, _ = _adapter(tmp_path)
+
+    assert main(["export", "gguf", str(folder), str(tmp_path / "v.gguf"), "--layers", "3"]) == 0
+    assert "--control-vector-scaled" in capsys.readouterr().out
+    assert main(["import", "gguf", str(tmp_path / "v.gguf"), str(tmp_path / "back"), "--model",
+                 str(tmp_path / "base")]) == 0
+    assert sorted(read_adapter(tmp_path / "back").vectors) == [3]
+    assert main(["push", str(folder), "someone/x", "--dry-run"]) == 0
+    assert "adapter_config.json, adapter_model.safetensors, README.md" in capsys.readouterr().out
+
+    assert main(["export", "gguf", str(folder), str(tmp_path / "w.gguf"), "--layers", "2"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("steerft export: ") and error.count("\n") == 1 and "Traceback" not in error

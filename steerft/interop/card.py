@@ -2,8 +2,9 @@
 
 The card is a `huggingface_hub.ModelCard`, PEFT's own mechanism: PEFT's `save_pretrained` loads an
 existing README.md and only adds its tags and version lines, so a later save keeps this card.
-What it says comes from the folder: the adapter config (site), and where a `steerft train` run or
-a study left them, `subset_ids.json` and `config.yaml` (how it was made) and `metrics.json` (numbers).
+What it says comes from the folder: the adapter config (site) and the run files steerft leaves beside
+an adapter: a `steerft train` folder's `subset_ids.json`, `config.yaml` and `metrics.json`, or a
+`steerft extract` run's `run.json` and `report.json`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def prepare_for_hub(folder: str | Path, *, base_model: str | None = None, made_w
         config["base_model_name_or_path"] = hub_id
         write_json(folder / CONFIG_FILE, config)
         adapter.config["base_model_name_or_path"] = hub_id
-    card = model_card(adapter, {**_run_provenance(folder), **(made_with or {})},
-                      {**_read_json(folder / "metrics.json"), **(metrics or {})}, repo_id or folder.name)
+    made, measured = _run_records(folder)
+    card = model_card(adapter, {**made, **(made_with or {})}, {**measured, **(metrics or {})}, repo_id or folder.name)
     write_text(folder / CARD_FILE, str(card))
     return card
 
@@ -115,13 +116,23 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _run_provenance(folder: Path) -> dict[str, Any]:
-    """What a `steerft train` run folder records about how the adapter was made."""
-    subset = _read_json(folder / "subset_ids.json")
-    run_config = _read_yaml(folder / "config.yaml")
-    made = {key: run_config[key] for key in ("method", "adapter", "model", "lr", "steps") if key in run_config}
-    made |= {key: subset[key] for key in ("dataset", "n", "seed") if key in subset}
-    return made
+def _run_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """How the adapter was made and its numbers, from the run files steerft leaves beside it."""
+    if (folder / "subset_ids.json").is_file():  # a `steerft train` run folder
+        subset, run_config = _read_json(folder / "subset_ids.json"), _read_yaml(folder / "config.yaml")
+        made = {key: run_config[key] for key in ("method", "adapter", "model", "lr", "steps") if key in run_config}
+        made |= {key: subset[key] for key in ("dataset", "n", "seed") if key in subset}
+        return made, _read_json(folder / "metrics.json")
+    run_dir = folder.parent.parent  # `steerft extract`: <run>/adapters/<estimator>-layer<L>
+    run = _read_json(run_dir / "run.json").get("config", {})
+    report = next((r for r in _read_json(run_dir / "report.json").get("reports", [])
+                   if f"{r.get('estimator')}-layer{r.get('layer')}" == folder.name), None)
+    if not run or report is None:
+        return {}, _read_json(folder / "metrics.json")
+    made = {"method": f"extraction ({report['estimator']})", "model": run.get("model"), "dataset": run.get("dataset"),
+            "n": report.get("n_train"), "seed": run.get("seed"), "read at block": report.get("layer")}
+    numbers = {key: report[key] for key in ("train_accuracy", "heldout_accuracy", "norm") if report.get(key) is not None}
+    return made, numbers
 
 
 def _read_json(path: Path) -> dict[str, Any]:
