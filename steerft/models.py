@@ -63,8 +63,8 @@ class _Builtin:
     wheels: tuple[str, ...]  # PyPI distributions, as given to pip
     modules: tuple[str, ...]  # their import names, probed with find_spec
     locate_gguf: Callable[[Path], Path]  # may write into the scratch dir it gets
-    hub_id: str  # the model the GGUF was made from: what adapters record as their base model
-    gguf_file: str  # the local source, kept apart from the hub id
+    hub_id: str | None = None  # the model the GGUF was made from: what adapters record as their base model
+    gguf_file: str | None = None  # the local source, kept apart from the hub id
     fallback_chat_template: str | None = None  # for GGUFs that ship none
 
     @property
@@ -128,7 +128,7 @@ _BUILTINS: dict[str, _Builtin] = {
 
 def builtin_hub_ids() -> dict[str, str]:
     """Built-in name -> Hub id of the model its GGUF was made from."""
-    return {name: builtin.hub_id for name, builtin in _BUILTINS.items()}
+    return {name: builtin.hub_id for name, builtin in _BUILTINS.items() if builtin.hub_id}
 
 
 def builtin_model_names() -> list[str]:
@@ -318,7 +318,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
     _ensure_pad_token(model, tokenizer)
-    if name_or_path in _BUILTINS:
+    if name_or_path in _BUILTINS and _BUILTINS[name_or_path].hub_id:
         _record_hub_id(model, _BUILTINS[name_or_path])
     if device is not None:
         model.to(device)

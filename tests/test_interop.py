@@ -348,3 +348,13 @@ def test_cli_export_import_and_dry_run_push(tmp_path, capsys):
     assert main(["export", "gguf", str(folder), str(tmp_path / "w.gguf"), "--layers", "2"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("steerft export: ") and error.count("\n") == 1 and "Traceback" not in error
+
+
+@pytest.mark.real
+def test_an_adapter_made_on_a_builtin_records_its_hub_id(tmp_path):
+    from steerft.models import load_model
+
+    model, _ = load_model("smollm2-135m-instruct")
+    assert model.config.gguf_source.startswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    folder = save_adapter(model, {5: torch.zeros(576)}, tmp_path / "a")
+    assert read_adapter(folder).base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
