@@ -1,7 +1,9 @@
 """llama.cpp itself applies an exported control vector as steerft applies the adapter (slow).
 
-Installs `llama-cpp-python` from PyPI when it is missing (it compiles llama.cpp from source). The
-file is read as llama.cpp's common loader reads it (`direction.N` at offset (N - 1) x n_embd, times
+Installs `llama-cpp-python` from PyPI when it is missing (it compiles llama.cpp from source: 0.3.36 took
+33 min on this machine's two shared cores). The wheel ships libllama but no `llama-cli`, and the control-vector
+file loader lives in llama.cpp's `common` library, which the wheel does not expose; so the
+file is read as that loader reads it (`direction.N` at offset (N - 1) x n_embd, times
 the strength that `--control-vector-scaled` gives) and handed to llama.cpp's `llama_set_adapter_cvec`;
 the model is the bundled SmolLM2 Q4_1 GGUF in both, de-quantised to float32 for steerft.
 """
@@ -27,7 +29,7 @@ from steerft.models import load_model
 
 pytestmark = pytest.mark.slow
 
-LAYER, MULTIPLIER, STRENGTH = 12, 2.0, 3.0  # llama.cpp applies STRENGTH x (MULTIPLIER x v); steerft the same
+LAYER, MULTIPLIER, STRENGTH = 12, 1.0, 2.0  # llama.cpp applies STRENGTH x (MULTIPLIER x v); steerft the same
 PROMPTS = [
     "The movie was", "I think the food here is", "My day has been", "The weather today is",
     "Honestly, this book is", "Our new neighbours are", "The service at the hotel was", "This song makes me feel",
@@ -106,8 +108,13 @@ def test_llama_cpp_moves_the_next_token_distribution_as_steerft_does(tmp_path):
     agree_steered = np.mean([a.argmax() == b.argmax() for a, b in zip(steered, llama_steered)])
     agree_base = np.mean([a.argmax() == b.argmax() for a, b in zip(base, llama_base)])
     moved = np.mean([a.argmax() != b.argmax() for a, b in zip(steered, base)])
-    print(f"shift correlation {correlation:.3f}; argmax agreement steered {agree_steered:.3f}, base {agree_base:.3f}; "
-          f"steering changed the argmax on {moved:.3f} of prompts")
+    gap = float(np.mean(np.abs(shift_ours - shift_llama)))
+    print(f"shift correlation {correlation:.4f}, mean |shift difference| {gap:.3f} nats; argmax agreement steered "
+          f"{agree_steered:.3f}, base {agree_base:.3f}; steering changed the argmax on {moved:.3f} of prompts")
+    # Measured (Q4_1 compute in llama.cpp vs its float32 de-quantisation here): correlation 0.9985, mean gap
+    # 0.14 nats, argmax agreement 15/16 steered and 16/16 base. The same vector one block later (the
+    # off-by-one this mapping avoids) gave correlation 0.84, gap 2.4 nats, agreement 5/16.
     assert moved >= 0.25  # the vector does something worth comparing
-    assert correlation >= 0.9
-    assert agree_steered >= 0.8
+    assert correlation >= 0.98
+    assert gap <= 0.5
+    assert agree_steered >= 13 / 16
