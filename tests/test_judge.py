@@ -31,7 +31,7 @@ from steerft.metrics import (
 )
 from steerft.metrics.generation import greedy_ids
 from steerft.metrics.judge import binomial_p_above_half, encode_replies, sample_replies, wilson_interval
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 
 VOWELS, CONSONANTS = "aeiou", "bcdfg"
 

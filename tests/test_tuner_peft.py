@@ -12,7 +12,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from steerft import MergeError, SteerConfig
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 from test_tuner import _ids, _random_vectors, _run_python, _steered
 
 ARCHS = ["llama", "qwen2", "gemma3", "gpt2"]

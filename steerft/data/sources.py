@@ -1,4 +1,5 @@
-"""Raw rows from a bundled name, a local JSON/JSONL file (optionally gzipped) or a hub dataset.
+"""Raw rows from a bundled name, a local JSON/JSONL file (optionally gzipped), a `datasets` object or
+folder, or a hub dataset.
 
 Every row keeps its origin (file and 1-based line, or hub row) so that the checks made later,
 far from the file, can still say exactly where a problem is.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from steerft.data.hygiene import read_text
 from steerft.data.items import BehaviourDataError
@@ -41,21 +44,100 @@ class Source:
     meta: dict = field(default_factory=dict)
 
 
+def bundled_path(*parts: str) -> Path:
+    """A file shipped with steerft: ``steerft/bundled/...`` (in a checkout, links into ``eval/``)."""
+    return Path(__file__).resolve().parents[1].joinpath("bundled", *parts)
+
+
 def data_dir() -> Path:
-    """Where bundled datasets live: ``eval/data`` in the repository, or ``$STEERFT_DATA_DIR``."""
+    """Where bundled datasets live: ``eval/data`` shipped in the package, or ``$STEERFT_DATA_DIR``."""
     override = os.environ.get("STEERFT_DATA_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "eval" / "data"
+    return Path(override) if override else bundled_path("data")
 
 
-def read_source(source: str | os.PathLike, split: str = "train") -> Source:
-    """Read all rows of ``source``; ``split`` only applies to hub datasets."""
+def bundled_config(path: str | os.PathLike) -> Path:
+    """``path`` itself when it exists, else the bundled study config it names.
+
+    So ``--config eval/studies/quick.yaml`` (or ``quick.yaml``, or ``quick``) works from any
+    directory, with a non-editable install too.
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    shipped = bundled_path("studies", name)
+    is_bundled_name = len(path.parts) == 1 or path.parts[-2:-1] == ("studies",)
+    return shipped if is_bundled_name and shipped.is_file() else path
+
+
+HUB_OPTIONS = ("path", "config", "split", "data_files", "revision")
+"""Keys of a hub dataset given as a mapping, e.g. ``{"path": "org/name", "config": "x", "split": "test"}``."""
+
+
+def read_source(source: str | os.PathLike | Mapping | Any, split: str = "train") -> Source:
+    """Read all rows of ``source``: a bundled name, a JSON/JSONL file, a folder written by
+    ``Dataset.save_to_disk``, a hub name (or a mapping of :data:`HUB_OPTIONS`), or a
+    ``datasets.Dataset`` / ``DatasetDict``. ``split`` applies to everything but single files."""
+    if _is_datasets_object(source):
+        rows = _pick_split(source, split, "the given DatasetDict")
+        return _from_dataset(rows, "datasets.Dataset object", rows.info.dataset_name or "dataset")
+    if isinstance(source, Mapping):
+        return _read_hub(**_hub_options(source, split))
+    saved = Path(source).expanduser()
+    if saved.is_dir() and any((saved / name).is_file() for name in _SAVED_MARKERS):
+        return _read_saved(saved, split)
     path = _local_path(source)
     if path is None:
-        return _read_hub(str(source), split)
+        return _read_hub(str(source), split=split)
     records = _read_file(path)
     if not records:
         raise BehaviourDataError("the dataset is empty (no rows)", source=str(path))
     return Source(name=_stem(path), origin=str(path), records=records, meta=_read_sidecar(path))
+
+
+_SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
+
+
+def _is_datasets_object(source: object) -> bool:
+    datasets = sys.modules.get("datasets")  # not imported means it cannot be one of its objects
+    return datasets is not None and isinstance(source, (datasets.Dataset, datasets.DatasetDict))
+
+
+def _pick_split(data: Any, split: str, origin: str) -> Any:
+    """A Dataset as is; the named split of a DatasetDict, with the splits it has if that one is missing."""
+    if not isinstance(data, Mapping):
+        return data
+    if split not in data:
+        raise BehaviourDataError(f"has no split {split!r}; splits: {', '.join(data)} (choose one with split=)",
+                                 source=origin)
+    return data[split]
+
+
+def _from_dataset(rows: Any, origin: str, name: str) -> Source:
+    records = [Record(data=dict(row), source=origin, line=i, unit="row") for i, row in enumerate(rows, start=1)]
+    if not records:
+        raise BehaviourDataError("the dataset is empty (no rows)", source=origin)
+    return Source(name=name, origin=origin, records=records)
+
+
+def _read_saved(path: Path, split: str) -> Source:
+    import datasets  # imported here: it is slow to import and only these sources need it
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises several types for a damaged folder
+        raise BehaviourDataError(f"could not be read with datasets.load_from_disk: {err}", source=str(path)) from err
+    origin = f"{path} (split {split!r})" if isinstance(loaded, Mapping) else str(path)
+    return _from_dataset(_pick_split(loaded, split, str(path)), origin, path.name)
+
+
+def _hub_options(spec: Mapping, split: str) -> dict[str, Any]:
+    unknown = sorted(set(spec) - set(HUB_OPTIONS))
+    if unknown or "path" not in spec:
+        raise BehaviourDataError(
+            f"a hub dataset given as a mapping takes the keys {', '.join(HUB_OPTIONS)} with 'path' required; "
+            f"got {sorted(spec)}")
+    return {"split": split, **spec}
 
 
 def _local_path(source: str | os.PathLike) -> Path | None:
@@ -168,18 +250,19 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def _read_hub(name: str, split: str) -> Source:
+def _read_hub(path: str, split: str = "train", config: str | None = None, data_files: Any = None,
+              revision: str | None = None) -> Source:
     import datasets  # imported here: it is slow to import and only hub names need it
 
+    options = {"name": config, "data_files": data_files, "revision": revision}
+    options = {key: value for key, value in options.items() if value is not None}
+    described = ", ".join([f"split {split!r}"] + [f"{key} {value!r}" for key, value in options.items()])
+    origin = f"hub dataset {path!r} ({described})"
     try:
-        rows = datasets.load_dataset(name, split=split)
+        rows = datasets.load_dataset(path, split=split, **options)
     except Exception as err:  # the hub raises many types; all mean "could not get it"
         raise BehaviourDataError(
-            f"{name!r} is neither a bundled dataset ({', '.join(bundled_names())}) nor a local "
-            f"file, and loading it from the Hugging Face hub failed: {type(err).__name__}: {err}"
+            f"{path!r} is neither a bundled dataset ({', '.join(bundled_names())}) nor a local "
+            f"file, and loading it from the Hugging Face hub ({described}) failed: {type(err).__name__}: {err}"
         ) from err
-    origin = f"hub dataset {name!r} (split {split!r})"
-    records = [Record(data=dict(row), source=origin, line=i, unit="row") for i, row in enumerate(rows, start=1)]
-    if not records:
-        raise BehaviourDataError("the dataset is empty (no rows)", source=origin)
-    return Source(name=name.rsplit("/", 1)[-1], origin=origin, records=records)
+    return _from_dataset(rows, origin, path.rstrip("/").rsplit("/", 1)[-1])

