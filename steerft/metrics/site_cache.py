@@ -29,7 +29,7 @@ from transformers import DynamicCache
 
 from ..batching import EncodedRow
 from ..tuner.arch import architecture_of, decoder_blocks
-from ..tuner.layer import hidden_of
+from ..tuner.layer import SteerLayer, hidden_of
 from ._forward import device_of, inference
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layernorm")
@@ -174,8 +174,14 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 
 
 def supports_site_cache(model: nn.Module) -> bool:
-    """The block replay applies to a plain transformers causal LM (an adapter below the site would be skipped)."""
-    return not isinstance(model, PeftModel) and final_norm(model) is not None and model.get_output_embeddings() is not None
+    """Whether a replay of recorded blocks computes what the model computes.
+
+    Modules inside the blocks (LoRA layers included) run in the replay like in the full pass; a
+    steer layer does not, since it learns which tokens are completion from a hook on the block
+    stack, which a replay bypasses. A PeftModel wrapper is refused: score its base model.
+    """
+    return (not isinstance(model, PeftModel) and not any(isinstance(m, SteerLayer) for m in model.modules())
+            and final_norm(model) is not None and model.get_output_embeddings() is not None)
 
 
 @dataclass
@@ -291,8 +297,8 @@ def site_logprobs(model: nn.Module, rows: Sequence[EncodedRow], candidates: Sequ
     time, so memory holds one batch's recorded passes, never the dataset's.
     """
     if not supports_site_cache(model):
-        raise ValueError("site_logprobs needs a plain transformers causal LM with a final norm and LM head; "
-                         "use summed_logprobs with the candidate attached as an adapter instead.")
+        raise ValueError("site_logprobs needs a transformers causal LM (final norm, LM head) without a PEFT wrapper or "
+                         "steer layers; score such a model with summed_logprobs instead.")
     blocks = decoder_blocks(model, architecture_of(model))
     norm = final_norm(model)
     for steering in candidates:
