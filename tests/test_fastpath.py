@@ -120,3 +120,18 @@ def test_study_selection_by_replay_equals_selection_by_attaching():
                                torch.tensor([c.val_mean_margin for c in attached]), rtol=0, atol=1e-4)
     assert replayed.best == select.best_of(attached, "mean_margin").best or \
         abs(replayed.best.val_mean_margin - select.best_of(attached, "mean_margin").best.val_mean_margin) < 1e-4
+
+
+def test_reply_cross_entropy_runs_the_shared_request_once_and_matches_the_plain_path():
+    from steerft.data import PromptFormatter
+    from steerft.study.context import GENERAL_TEXT_REQUEST
+    from steerft.study.evaluate import reply_cross_entropy
+    from steerft.study.scorable import Scorable
+
+    model, tokenizer = tiny_model("gpt2")
+    scorable = Scorable(model, PromptFormatter(tokenizer))
+    texts = ["A short text.", "Another, somewhat longer piece of plain text.", "x"]
+    rows = [encode(tokenizer, scorable.prompt(GENERAL_TEXT_REQUEST), scorable.fmt.completion(t)) for t in texts]
+    sums, counts = summed_logprobs(model, rows, batch_size=2, pad=tokenizer.pad_token_id)
+    got = reply_cross_entropy(scorable, tokenizer, texts, batch_size=2)
+    assert got == pytest.approx((-sums.sum() / counts.sum()).item(), abs=1e-5)
