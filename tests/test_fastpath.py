@@ -7,7 +7,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from steerft.batching import encode
-from steerft.metrics import preference
 from steerft.metrics.logprobs import summed_logprobs
 from steerft.metrics.site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
 from steerft.models import tiny_model

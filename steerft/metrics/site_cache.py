@@ -115,7 +115,8 @@ def _collate(rows: Sequence[EncodedRow], chunk: list[tuple[tuple[int, ...], list
 
 
 def _summed(first_logits: torch.Tensor, next_logits: torch.Tensor | None, batch: SharedBatch) -> torch.Tensor:
-    """Float64 per-row sums: the first completion token from the prompt's last position, the rest from the completion pass.
+    """Float64 per-row sums: the first completion token from the prompt's last position, the rest from
+    the completion pass.
 
     `first_logits` is (G, V), one per prompt; `next_logits` is (n, V) at the `predicts_next` positions in row order.
     """
@@ -157,7 +158,7 @@ def shared_prompt_logprobs(model: nn.Module, rows: Sequence[EncodedRow], *, batc
 
 @dataclass(frozen=True)
 class Steering:
-    """A candidate: add `multiplier * vector` to block `layer`'s output at `positions` ("all", "prompt", "completion")."""
+    """A candidate: add `multiplier * vector` to block `layer`'s output at `positions` (all, prompt, completion)."""
 
     layer: int
     vector: torch.Tensor

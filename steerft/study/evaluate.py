@@ -60,7 +60,7 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
 
 def reply_cross_entropy(scorable: Scorable, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
                         batch_size: int) -> float:
-    """Token-averaged cross-entropy (nats) of each text as the reply to GENERAL_TEXT_REQUEST (one prompt pass per batch)."""
+    """Token-averaged cross-entropy (nats) of each text as the reply to GENERAL_TEXT_REQUEST, run once a batch."""
     prompt = scorable.prompt(GENERAL_TEXT_REQUEST)
     rows = [encode(tokenizer, prompt, scorable.fmt.completion(text)) for text in texts]
     sums = shared_prompt_logprobs(scorable.model, rows, batch_size=batch_size, pad=tokenizer.pad_token_id)
