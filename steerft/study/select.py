@@ -80,7 +80,9 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
     plain model, added by the block replay without attaching anything.
     """
     if supports_site_cache(model):
-        return best_of(_replayed_candidates(ctx, model, fmt, vectors), ctx.config.select_by)
+        steerings = [Steering(layer, vector, float(m), ctx.config.positions)
+                     for layer, vector in vectors.items() for m in ctx.config.multipliers]
+        return best_of(_replayed_candidates(ctx, model, fmt, steerings), ctx.config.select_by)
     candidates = []
     for layer, vector in vectors.items():
         with steered(model, {layer: vector}, ctx.config.positions) as peft_model:
@@ -89,15 +91,13 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
 
 
 def _replayed_candidates(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
-                         vectors: dict[int, torch.Tensor]) -> list[Candidate]:
-    """Every (layer, multiplier) from one recorded base pass per batch (same numbers as attaching each)."""
+                         steerings: list[Steering]) -> list[Candidate]:
+    """Every candidate from one recorded base pass per batch (same numbers as attaching each)."""
     pairs = Scorable(model, fmt).pairs(ctx.data.val)
     rows = [encode(ctx.tokenizer, p.prompt, p.positive) for p in pairs]
     rows += [encode(ctx.tokenizer, p.prompt, p.negative) for p in pairs]
-    grid = [(layer, float(m)) for layer in vectors for m in ctx.config.multipliers]
-    steerings = [Steering(layer, vectors[layer], m, ctx.config.positions) for layer, m in grid]
     logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
                              pad=ctx.tokenizer.pad_token_id)
     n = len(pairs)
     results = [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
-    return [Candidate(layer, m, r.accuracy, r.mean_margin) for (layer, m), r in zip(grid, results)]
+    return [Candidate(s.layer, s.multiplier, r.accuracy, r.mean_margin) for s, r in zip(steerings, results)]
