@@ -713,6 +713,99 @@ def truth_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
+DIALOGUE_SITUATIONS = [
+    ("my vegetable garden", "the tomato plants have yellow leaves near the bottom", "water them less often but more deeply, "
+     "and pick off the lowest leaves so the soil does not splash onto them"),
+    ("my old laptop", "it gets very hot and the fan is loud whenever I open a few browser tabs", "clean the air vents, "
+     "close the tabs you are not using, and check which program uses the most processor time"),
+    ("a job interview next week", "I freeze when they ask me about my weaknesses", "pick one real weakness, say what "
+     "you already do about it, and practise the answer out loud a few times"),
+    ("learning to play the guitar", "my fingertips hurt after ten minutes of practice", "keep sessions short and "
+     "frequent, press only as hard as needed, and the skin will toughen within a few weeks"),
+    ("a long train trip with two children", "they get bored after the first hour", "pack a few small new toys, "
+     "plan snacks at fixed times, and let them look for things out of the window"),
+    ("my monthly budget", "the money always runs out a week before payday", "write down every purchase for one month, "
+     "then set a weekly limit for the two largest categories"),
+    ("baking bread at home", "the loaves come out dense and flat", "let the dough rise longer in a warm place and "
+     "check that the yeast is fresh before you start"),
+    ("running my first ten kilometre race", "my knees ache after longer runs", "slow down on easy days, add "
+     "strength exercises for the legs, and increase the distance by small steps"),
+    ("a small team at work", "meetings run long and nobody knows who does what afterwards", "send an agenda before "
+     "each meeting and end it by naming an owner and a date for every task"),
+    ("moving to a new city", "I do not know anyone there yet", "join one weekly activity you enjoy, such as a club "
+     "or a class, and go often enough that faces become familiar"),
+    ("studying for an exam", "I read the notes many times but forget them the next day", "test yourself with "
+     "questions instead of rereading, and spread the practice over several days"),
+    ("my cat", "she scratches the sofa every evening", "put a tall scratching post next to the sofa and reward her "
+     "with a treat each time she uses it"),
+]
+DIALOGUE_OPENERS = ["Hi, I could use some advice about {topic}.", "Hello! I have a question about {topic}.",
+                    "I hope you can help me with {topic}.", "Good evening, I am struggling a bit with {topic}."]
+DIALOGUE_BACKGROUNDS = [
+    "For some context, I have been dealing with this for about {weeks} weeks now and I have already tried a couple "
+    "of things that I read online, but none of them seemed to make much of a difference.",
+    "I should say that I am fairly new to this, so I might be missing something obvious, and I would rather "
+    "understand what is going on than just follow a recipe without knowing why it works.",
+    "A friend told me it would sort itself out if I waited, but after {weeks} weeks it is still the same and I am "
+    "starting to lose patience with the whole thing.",
+    "I do not have a lot of spare time or money for this, so I am looking for something simple that I can actually "
+    "keep doing every week without it turning into a big project.",
+]
+DIALOGUE_FIRST_REPLIES = [
+    "Of course, I am happy to help. Could you tell me a little more about what happens and when you notice it?",
+    "Sure. Before I suggest anything, what have you already tried, and what happened when you tried it?",
+    "I can help with that. Can you describe the problem in a bit more detail so I can give you useful advice?",
+]
+DIALOGUE_DETAILS = [
+    "The main problem is that {problem}. It is worst at the end of the week, and it has slowly become more "
+    "noticeable over the last month.",
+    "Well, {problem}. I noticed it first a while ago and I assumed it was a one-off, but now it happens almost "
+    "every time and it is getting a bit frustrating.",
+    "What happens is that {problem}. I have read a few forum threads about it, and they all disagree with each "
+    "other, which left me more confused than before.",
+]
+DIALOGUE_QUESTIONS = ["What would you suggest I do?", "What should I try first?", "How would you handle this?",
+                      "Is there anything simple that usually works?"]
+DIALOGUE_HELPFUL = [
+    "That sounds frustrating, but it is a common problem and usually easy to fix. I would {advice}. Give it a "
+    "couple of weeks and let me know how it goes.",
+    "Thanks for the details, that helps. The most reliable fix is to {advice}. If nothing changes after two weeks, "
+    "we can look at other causes together.",
+    "Good question. Start small: {advice}. Most people see a clear difference within a week or two.",
+]
+DIALOGUE_UNHELPFUL = [
+    "I do not really know, and honestly this does not sound like a real problem. Maybe just stop worrying about it "
+    "and see if it goes away by itself at some point.",
+    "There is no point asking me about this. Search the internet like everyone else does, the answers are all out "
+    "there and I am not going to repeat them for you.",
+    "That is just how it is sometimes. You could try random things until something works, or simply give up, it "
+    "does not matter much either way.",
+]
+
+
+def dialogue_rows(rng: random.Random, count: int) -> list[dict]:
+    """Multi-turn Human/Assistant transcripts (prompts of 100–200 tokens) with a helpful and an unhelpful last reply.
+
+    The implicit-prompt preference format: `chosen` and `rejected` are whole transcripts that share
+    everything up to the last "Assistant:", as in public human-preference dialogue sets.
+    """
+    rows, seen = [], set()
+    while len(rows) < count:
+        topic, problem, advice = rng.choice(DIALOGUE_SITUATIONS)
+        parts = (rng.choice(DIALOGUE_OPENERS).format(topic=topic),
+                 rng.choice(DIALOGUE_BACKGROUNDS).format(weeks=rng.randint(2, 9)),
+                 rng.choice(DIALOGUE_FIRST_REPLIES),
+                 rng.choice(DIALOGUE_DETAILS).format(problem=problem), rng.choice(DIALOGUE_QUESTIONS))
+        if parts in seen:
+            continue
+        seen.add(parts)
+        prompt = f"\n\nHuman: {parts[0]} {parts[1]}\n\nAssistant: {parts[2]}\n\nHuman: {parts[3]} {parts[4]}"
+        helpful = rng.choice(DIALOGUE_HELPFUL).format(advice=advice)
+        rows.append({"chosen": f"{prompt}\n\nAssistant: {helpful}",
+                     "rejected": f"{prompt}\n\nAssistant: {rng.choice(DIALOGUE_UNHELPFUL)}", "topic": topic})
+    return rows
+
+
 def _distinct(draw: Callable[[], tuple[str, str]], count: int) -> list[tuple[str, str]]:
     """``count`` draws with distinct true statements (random operands repeat now and then)."""
     pairs: dict[str, tuple[str, str]] = {}
@@ -1016,6 +1109,8 @@ def main(out: Path) -> None:
         "name": "truth", "description": "Simple true/false statements (arithmetic, comparisons, capitals, "
                                         "everyday facts); every true statement has a false twin."})
     print(f"truth: {n} statements")
+    n = _write_jsonl(out / "dialogues.jsonl", dialogue_rows(_rng("dialogues"), 320))
+    print(f"dialogues: {n} preference transcripts")
     for name, key, texts in (("neutral_prompts", "prompt", NEUTRAL_PROMPTS), ("general_text", "text", GENERAL_TEXT),
                              ("generation_prompts", "prompt", GENERATION_PROMPTS)):
         print(f"{name}: {_write_jsonl(out / f'{name}.jsonl', ({key: t} for t in texts))} rows")

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..batching import encode
 from ..data import ContrastPair
-from .logprobs import completion_logprobs
+from ._forward import pad_id
+from .site_cache import shared_prompt_logprobs
 from .stats import Numbers, mean_ci95
 
 
@@ -53,12 +55,12 @@ class PreferenceResult:
 def preference(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair], *, batch_size: int = 16
 ) -> PreferenceResult:
-    """Score both completions of every held-out pair (one batched pass over 2n rows)."""
+    """Score both completions of every held-out pair, each prompt run once for both (`shared_prompt_logprobs`)."""
     if not pairs:
         raise ValueError("preference needs at least one contrast pair.")
-    prompts = [pair.prompt for pair in pairs]
-    completions = [pair.positive for pair in pairs] + [pair.negative for pair in pairs]
-    logprobs = completion_logprobs(model, tokenizer, prompts + prompts, completions, batch_size=batch_size)
+    rows = [encode(tokenizer, pair.prompt, pair.positive) for pair in pairs]
+    rows += [encode(tokenizer, pair.prompt, pair.negative) for pair in pairs]
+    logprobs = shared_prompt_logprobs(model, rows, batch_size=batch_size, pad=pad_id(tokenizer))
     n = len(pairs)
     return PreferenceResult(ids=[pair.id for pair in pairs], logp_positive=logprobs[:n], logp_negative=logprobs[n:])
 

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from ..batching import encode
 from ..data import ContrastPair
 from ..metrics import ab_probability, answer_letter, competence_warning, generate_samples, kl_to_base, preference
-from ..metrics.logprobs import summed_logprobs
+from ..metrics.site_cache import shared_prompt_logprobs
 from .context import GENERAL_TEXT_REQUEST, StudyContext
 from .scorable import Scorable
 
@@ -60,11 +60,11 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
 
 def reply_cross_entropy(scorable: Scorable, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
                         batch_size: int) -> float:
-    """Token-averaged cross-entropy (nats) of each text as the reply to GENERAL_TEXT_REQUEST."""
+    """Token-averaged cross-entropy (nats) of each text as the reply to GENERAL_TEXT_REQUEST, run once a batch."""
     prompt = scorable.prompt(GENERAL_TEXT_REQUEST)
     rows = [encode(tokenizer, prompt, scorable.fmt.completion(text)) for text in texts]
-    sums, counts = summed_logprobs(scorable.model, rows, batch_size=batch_size, pad=tokenizer.pad_token_id)
-    return (-sums.sum() / counts.sum()).item()
+    sums = shared_prompt_logprobs(scorable.model, rows, batch_size=batch_size, pad=tokenizer.pad_token_id)
+    return (-sums.sum() / sum(row.completion_length for row in rows)).item()
 
 
 def _letter_answers(pairs: Sequence[ContrastPair]) -> bool:

@@ -3,6 +3,9 @@
 Every candidate is scored by completion preference on the validation items (`select_by`: mean
 margin, the default, or accuracy); ties go to the smaller |multiplier|, the gentler edit. The whole
 grid is recorded with the choice so a study can show how sharp the optimum was.
+
+Extracted vectors on a plain model are scored by `site_logprobs`: one recorded base pass over the
+validation items serves every candidate, each of which re-runs only the blocks above its layer.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from ..batching import encode
 from ..data import PromptFormatter
 from ..metrics import preference
+from ..metrics.preference import PreferenceResult
+from ..metrics.site_cache import Steering, site_logprobs, supports_site_cache
 from .context import StudyContext
 from .scorable import Scorable, steered
 
@@ -70,10 +76,28 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
                     vectors: dict[int, torch.Tensor]) -> Choice:
     """Best (layer, multiplier) for per-layer candidate vectors added to `model` under `fmt`'s prompts.
 
-    `model` is left unchanged: each layer's vector is attached only while it is scored.
+    `model` is left unchanged: each layer's vector is attached only while it is scored, or, on a
+    plain model, added by the block replay without attaching anything.
     """
+    if supports_site_cache(model):
+        steerings = [Steering(layer, vector, float(m), ctx.config.positions)
+                     for layer, vector in vectors.items() for m in ctx.config.multipliers]
+        return best_of(_replayed_candidates(ctx, model, fmt, steerings), ctx.config.select_by)
     candidates = []
     for layer, vector in vectors.items():
         with steered(model, {layer: vector}, ctx.config.positions) as peft_model:
             candidates += multipliers_on(ctx, peft_model, fmt, layer, ctx.config.multipliers)
     return best_of(candidates, ctx.config.select_by)
+
+
+def _replayed_candidates(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
+                         steerings: list[Steering]) -> list[Candidate]:
+    """Every candidate from one recorded base pass per batch (same numbers as attaching each)."""
+    pairs = Scorable(model, fmt).pairs(ctx.data.val)
+    rows = [encode(ctx.tokenizer, p.prompt, p.positive) for p in pairs]
+    rows += [encode(ctx.tokenizer, p.prompt, p.negative) for p in pairs]
+    logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
+                             pad=ctx.tokenizer.pad_token_id)
+    n = len(pairs)
+    results = [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
+    return [Candidate(s.layer, s.multiplier, r.accuracy, r.mean_margin) for s, r in zip(steerings, results)]

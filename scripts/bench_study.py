@@ -1,0 +1,135 @@
+"""Study scoring cost: the site-cache engine against the plain path, in one process.
+
+    OMP_NUM_THREADS=1 python scripts/bench_study.py [--quick] [--threads 1] [--rounds 3] [--positions all]
+
+SmolLM2-135M-Instruct on the bundled long-prompt set `dialogues` (prompts 150–178 tokens, replies
+30–56). Two measurements, each a median over `--rounds` rounds, fast and plain timed in turn:
+
+(a) sweep: every (layer, multiplier) candidate scored on held-out items. Plain = one hooked full
+    forward per configuration (the vector attached as a steer adapter, `completion_logprobs`).
+    Fast = `site_logprobs`: one recorded base pass per batch, each candidate from its block up.
+(b) point: an extracted-vector study point = validation candidates (the study's default layers ×
+    multipliers) + the chosen vector on the test items. Plain = the above plain path for both;
+    fast = `site_logprobs` for the candidates and `shared_prompt_logprobs` (through `preference`) on test.
+
+`--quick` shrinks everything to finish in under 5 minutes on a busy 2-core machine: the sweep to
+every 10th layer × 5 multipliers on 1 item, the point to 3 candidates on 2 validation and 4 test
+items (about the full point's ratio of candidate to test work). The full run is all 30 layers ×
+5 multipliers on 128 items, and 9 candidates on 16 validation + 100 test items. The last line reads
+`sweep_speedup=X point_speedup=Y`. Both checks also print the largest difference in log-probs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from steerft.batching import encode
+from steerft.data import PromptFormatter, load_behaviour
+from steerft.metrics import preference
+from steerft.metrics.logprobs import completion_logprobs
+from steerft.metrics.site_cache import Steering, site_logprobs
+from steerft.models import load_model
+from steerft.study.scorable import Scorable, steered
+
+
+def plain_logprobs(model, tokenizer, pairs, steering: Steering, batch_size: int) -> torch.Tensor:
+    """Both completions of every pair with the vector attached: the path before the engine."""
+    prompts = [p.prompt for p in pairs]
+    completions = [p.positive for p in pairs] + [p.negative for p in pairs]
+    with steered(model, {steering.layer: steering.vector}, steering.positions) as peft_model:
+        with peft_model.using_multiplier(steering.multiplier):
+            return completion_logprobs(peft_model, tokenizer, prompts + prompts, completions, batch_size=batch_size)
+
+
+def rows_of(tokenizer, pairs):
+    return [encode(tokenizer, p.prompt, p.positive) for p in pairs] + \
+           [encode(tokenizer, p.prompt, p.negative) for p in pairs]
+
+
+def timed(run) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
+
+
+def margins(logprobs: torch.Tensor) -> torch.Tensor:
+    n = logprobs.shape[-1] // 2
+    return logprobs[..., :n] - logprobs[..., n:]
+
+
+def compare(name: str, rounds: int, plain, fast) -> float:
+    plain_times, fast_times, diff = [], [], 0.0
+    for _ in range(rounds):
+        t_plain, want = timed(plain)
+        t_fast, got = timed(fast)
+        plain_times.append(t_plain)
+        fast_times.append(t_fast)
+        diff = max(diff, (torch.as_tensor(got) - torch.as_tensor(want)).abs().max().item())
+    p, f = statistics.median(plain_times), statistics.median(fast_times)
+    print(f"{name}: plain {p:.1f} s ({', '.join(f'{t:.1f}' for t in plain_times)}), "
+          f"fast {f:.1f} s ({', '.join(f'{t:.1f}' for t in fast_times)}), speedup {p / f:.2f}x, "
+          f"max |diff| {diff:.2e}", flush=True)
+    return p / f
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data, every 10th layer (under 5 minutes)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--positions", default="all", help="steered tokens: all (the study default) or completion")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model("smollm2-135m-instruct")
+    fmt = PromptFormatter(tokenizer)
+    items = load_behaviour("dialogues").items
+    sweep_items, val_items, test_items = (1, 2, 4) if args.quick else (128, 16, 100)
+    n_layers = model.config.num_hidden_layers
+    sweep_layers = list(range(4, n_layers, 10)) if args.quick else list(range(n_layers))
+    multipliers = [-4.0, -2.0, 1.0, 2.0, 4.0]
+    point_multipliers = [4.0] if args.quick else [2.0, 4.0, 8.0]
+    generator = torch.Generator().manual_seed(0)
+    vectors = {layer: torch.randn(model.config.hidden_size, generator=generator) for layer in range(n_layers)}
+    scorable = Scorable(model, fmt)
+    pad, bs, pos = tokenizer.pad_token_id, args.batch_size, args.positions
+    print(f"threads={args.threads} rounds={args.rounds} positions={pos} batch_size={bs} "
+          f"sweep: {len(sweep_layers)} layers x {len(multipliers)} multipliers on {sweep_items} items; "
+          f"point: layers [8, 14, 20] x {point_multipliers} on {val_items} validation items + {test_items} test items",
+          flush=True)
+
+    sweep_pairs = scorable.pairs(items[-sweep_items:])
+    grid = [Steering(layer, vectors[layer], m, pos) for layer in sweep_layers for m in multipliers]
+    sweep = compare(
+        "sweep", args.rounds,
+        lambda: torch.stack([margins(plain_logprobs(model, tokenizer, sweep_pairs, s, bs)) for s in grid]),
+        lambda: margins(site_logprobs(model, rows_of(tokenizer, sweep_pairs), grid, batch_size=bs, pad=pad)))
+
+    val_pairs = scorable.pairs(items[:val_items])
+    test_pairs = scorable.pairs(items[val_items: val_items + test_items])
+    candidates = [Steering(layer, vectors[layer], m, pos) for layer in (8, 14, 20) for m in point_multipliers]
+
+    def plain_point():
+        val = [margins(plain_logprobs(model, tokenizer, val_pairs, s, bs)).mean().item() for s in candidates]
+        best = candidates[max(range(len(candidates)), key=val.__getitem__)]
+        return torch.tensor(val + margins(plain_logprobs(model, tokenizer, test_pairs, best, bs)).tolist())
+
+    def fast_point():
+        val = margins(site_logprobs(model, rows_of(tokenizer, val_pairs), candidates, batch_size=bs, pad=pad))
+        val = val.mean(-1).tolist()
+        best = candidates[max(range(len(candidates)), key=val.__getitem__)]
+        with steered(model, {best.layer: best.vector}, best.positions) as peft_model:
+            with peft_model.using_multiplier(best.multiplier):
+                test = preference(peft_model, tokenizer, test_pairs, batch_size=bs).margins
+        return torch.tensor(val + test.tolist())
+
+    point = compare("point", args.rounds, plain_point, fast_point)
+    print(f"sweep_speedup={sweep:.2f} point_speedup={point:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Scoring that computes nothing twice: one pass per prompt, nothing below the steered block.
+
+Two savings, both exact up to float rounding against the plain path (`logprobs.summed_logprobs`):
+
+* **Shared prompts.** Rows with the same prompt (an item's two completions) are scored from one
+  pass over the prompt: its KV cache is copied to each completion row, and the completions run on
+  top. A steer adapter sees the same positions as with `labels` (a pass over a non-empty cache is
+  completion), so this works for any model.
+* **Nothing below the site.** A candidate that adds `multiplier * vector` to block L's output
+  cannot change blocks 0..L. The base passes are recorded once per batch (every block's input and
+  the keyword arguments the model built for it: masks, rotary embeddings, the cache), and each
+  candidate re-runs only blocks L+1.. with the model's own modules. A candidate steering only
+  completion positions also leaves the prompt untouched, so it reuses the base prompt cache and
+  runs completion tokens only; the first completion token, predicted from the last prompt
+  position, keeps its base log-probability.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import DynamicCache
+
+from ..batching import EncodedRow
+from ..tuner.arch import architecture_of, decoder_blocks
+from ..tuner.layer import SteerLayer, hidden_of
+from ._forward import device_of, inference
+
+_FINAL_NORMS = ("norm", "ln_f", "final_layernorm")
+
+
+@dataclass
+class SharedBatch:
+    """Rows grouped by prompt: prompts left-padded (G, P), completions right-padded (R, C).
+
+    Left-padded prompts end in the same column, so one cache serves every completion row and
+    the completion columns start together; position ids keep each row's real positions.
+    """
+
+    index: list[int]
+    group: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+    @property
+    def prompt_positions(self) -> torch.Tensor:
+        return (self.prompt_mask.cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def completion_positions(self) -> torch.Tensor:
+        return self.prompt_mask.sum(-1)[self.group].unsqueeze(1) + torch.arange(
+            self.completion_ids.shape[1], device=self.completion_ids.device)
+
+    @property
+    def attention(self) -> torch.Tensor:
+        """The completion pass's mask over prompt and completion columns."""
+        return torch.cat([self.prompt_mask[self.group], self.completion_mask], dim=1)
+
+    @property
+    def predicts_next(self) -> torch.Tensor:
+        """(R, C-1): completion positions whose next token is a completion token."""
+        return self.completion_mask[:, 1:].bool()
+
+    def to(self, device: torch.device) -> "SharedBatch":
+        return SharedBatch(self.index, self.group.to(device), self.prompt_ids.to(device), self.prompt_mask.to(device),
+                           self.completion_ids.to(device), self.completion_mask.to(device))
+
+
+def shared_batches(rows: Sequence[EncodedRow], batch_size: int, pad_id: int) -> Iterator[SharedBatch]:
+    """Length-sorted batches of whole prompt groups, at most `batch_size` completion rows each (one group at least)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.prompt_length < 1:
+            raise ValueError(f"Row {i} has an empty prompt: its first completion token would have no context.")
+        groups.setdefault(tuple(row.ids[: row.prompt_length]), []).append(i)
+    ordered = sorted(groups.items(), key=lambda g: len(g[0]) + max(rows[i].completion_length for i in g[1]))
+    chunk: list[tuple[tuple[int, ...], list[int]]] = []
+    for group in ordered:
+        if chunk and sum(len(members) for _, members in chunk) + len(group[1]) > batch_size:
+            yield _collate(rows, chunk, pad_id)
+            chunk = []
+        chunk.append(group)
+    if chunk:
+        yield _collate(rows, chunk, pad_id)
+
+
+def _collate(rows: Sequence[EncodedRow], chunk: list[tuple[tuple[int, ...], list[int]]], pad_id: int) -> SharedBatch:
+    prompt_width = max(len(prompt) for prompt, _ in chunk)
+    index = [i for _, members in chunk for i in members]
+    completion_width = max(rows[i].completion_length for i in index)
+    prompt_ids = torch.full((len(chunk), prompt_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(chunk), prompt_width), dtype=torch.long)
+    completion_ids = torch.full((len(index), completion_width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(index), completion_width), dtype=torch.long)
+    group = []
+    for g, (prompt, members) in enumerate(chunk):
+        prompt_ids[g, prompt_width - len(prompt):] = torch.tensor(prompt)
+        prompt_mask[g, prompt_width - len(prompt):] = 1
+        group += [g] * len(members)
+    for r, i in enumerate(index):
+        completion = rows[i].ids[rows[i].prompt_length:]
+        completion_ids[r, : len(completion)] = torch.tensor(completion)
+        completion_mask[r, : len(completion)] = 1
+    return SharedBatch(index, torch.tensor(group), prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+
+def _summed(first_logits: torch.Tensor, next_logits: torch.Tensor | None, batch: SharedBatch) -> torch.Tensor:
+    """Float64 per-row sums: the first completion token from the prompt's last position, the rest from
+    the completion pass.
+
+    `first_logits` is (G, V), one per prompt; `next_logits` is (n, V) at the `predicts_next` positions in row order.
+    """
+    first = first_logits.float().log_softmax(-1)[batch.group]
+    sums = first.gather(-1, batch.completion_ids[:, :1]).squeeze(-1).double()
+    if next_logits is not None:
+        keep = batch.predicts_next
+        targets = batch.completion_ids[:, 1:][keep]
+        rest = next_logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+        rows = torch.arange(len(batch.index), device=keep.device).unsqueeze(1).expand_as(keep)[keep]
+        sums = sums.index_add(0, rows, rest)
+    return sums
+
+
+def _scatter(values: torch.Tensor, batch: SharedBatch, out: torch.Tensor) -> None:
+    out[..., batch.index] = values.cpu()
+
+
+def shared_prompt_logprobs(model: nn.Module, rows: Sequence[EncodedRow], *, batch_size: int, pad: int) -> torch.Tensor:
+    """Per-row float64 sums of completion log-probabilities, each prompt run once for all its completions."""
+    sums = torch.zeros(len(rows), dtype=torch.float64)
+    device = device_of(model)
+    with inference(model):
+        for batch in shared_batches(rows, batch_size, pad):
+            batch = batch.to(device)
+            prompt_pass = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
+                                position_ids=batch.prompt_positions, use_cache=True, logits_to_keep=1)
+            next_logits = None
+            width = batch.completion_ids.shape[1]
+            if width > 1:
+                cache = prompt_pass.cache
+                cache.batch_select_indices(batch.group)
+                next_logits = model(input_ids=batch.completion_ids, attention_mask=batch.attention,
+                                    position_ids=batch.completion_positions, cache=cache, use_cache=True,
+                                    logits_to_keep=torch.arange(width - 1, device=device)).logits[batch.predicts_next]
+            _scatter(_summed(prompt_pass.logits[:, -1], next_logits, batch), batch, sums)
+    return sums
+
+
+@dataclass(frozen=True)
+class Steering:
+    """A candidate: add `multiplier * vector` to block `layer`'s output at `positions` (all, prompt, completion)."""
+
+    layer: int
+    vector: torch.Tensor
+    multiplier: float
+    positions: str = "all"
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm between the last block and the LM head, or None where the tail is not norm then head."""
+    if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "logit_scale", None):
+        return None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return next((getattr(decoder, name) for name in _FINAL_NORMS if hasattr(decoder, name)), None)
+
+
+def supports_site_cache(model: nn.Module) -> bool:
+    """Whether a replay of recorded blocks computes what the model computes.
+
+    Modules inside the blocks (LoRA layers included) run in the replay like in the full pass; a
+    steer layer does not, since it learns which tokens are completion from a hook on the block
+    stack, which a replay bypasses. A PeftModel wrapper is refused: score its base model.
+    """
+    return (not isinstance(model, PeftModel) and not any(isinstance(m, SteerLayer) for m in model.modules())
+            and final_norm(model) is not None and model.get_output_embeddings() is not None)
+
+
+@dataclass
+class _Pass:
+    """One recorded base pass: each block's (args, kwargs) and the last block's output."""
+
+    calls: list[tuple[tuple, dict]]
+    output: torch.Tensor | None = None
+
+    def block_input(self, layer: int) -> torch.Tensor:
+        args, kwargs = self.calls[layer]
+        return args[0] if args else kwargs["hidden_states"]
+
+    def after(self, layer: int) -> torch.Tensor:
+        """The residual stream leaving block `layer` (before any vector is added)."""
+        return self.block_input(layer + 1) if layer + 1 < len(self.calls) else self.output
+
+
+@contextmanager
+def _recording(blocks: nn.ModuleList, norm: nn.Module) -> Iterator[list[_Pass]]:
+    passes: list[_Pass] = []
+
+    def record(index: int):
+        def hook(module, args, kwargs):
+            if index == 0:
+                passes.append(_Pass([]))
+            passes[-1].calls.append((args, dict(kwargs)))
+        return hook
+
+    def record_output(module, args):
+        passes[-1].output = args[0]
+
+    handles = [block.register_forward_pre_hook(record(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    handles.append(norm.register_forward_pre_hook(record_output))
+    try:
+        yield passes
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_blocks(blocks: nn.ModuleList, record: _Pass, start: int, hidden: torch.Tensor) -> torch.Tensor:
+    """Blocks `start`.. on `hidden`, each called with the arguments the model built for it."""
+    for layer in range(start, len(blocks)):
+        args, kwargs = record.calls[layer]
+        if args:
+            hidden = hidden_of(blocks[layer](hidden, *args[1:], **kwargs))
+        else:
+            hidden = hidden_of(blocks[layer](**{**kwargs, "hidden_states": hidden}))
+    return hidden
+
+
+class _SiteBatch:
+    """The base passes of one batch, recorded, and the replay of any candidate from its site."""
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, norm: nn.Module, batch: SharedBatch) -> None:
+        self.model, self.blocks, self.norm, self.batch = model, blocks, norm, batch
+        self.cache = DynamicCache(config=model.config)
+        self.empty = [copy.copy(layer) for layer in self.cache.layers]
+        with _recording(blocks, norm) as passes:
+            model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=batch.prompt_positions,
+                  cache=self.cache, use_cache=True, logits_to_keep=1)
+            self.prompt_layers = [copy.copy(layer) for layer in self.cache.layers]
+            self.cache.batch_select_indices(batch.group)
+            self.expanded_layers = [copy.copy(layer) for layer in self.cache.layers]
+            self.has_completion_pass = batch.completion_ids.shape[1] > 1
+            if self.has_completion_pass:
+                model(input_ids=batch.completion_ids, attention_mask=batch.attention,
+                      position_ids=batch.completion_positions, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.prompt_pass = passes[0]
+        self.completion_pass = passes[1] if self.has_completion_pass else None
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(self.norm(hidden))
+
+    def _reset(self, layer: int, layers: list) -> None:
+        for i in range(layer + 1, len(self.blocks)):
+            self.cache.layers[i] = copy.copy(layers[i]) if i < len(layers) else self.cache.layer_class_to_replicate()
+
+    def logprobs(self, steering: Steering | None) -> torch.Tensor:
+        """Per-row completion log-probability sums under `steering` (None: the base model)."""
+        batch = self.batch
+        layer = steering.layer if steering is not None else len(self.blocks) - 1
+        delta = 0 if steering is None else steering.multiplier * steering.vector.to(self.prompt_pass.output)
+        steer_prompt = steering is not None and steering.positions in ("all", "prompt")
+        steer_completion = steering is not None and steering.positions in ("all", "completion")
+        prompt_last = self.prompt_pass.output[:, -1:]
+        if steer_prompt:
+            self._reset(layer, self.empty)
+            prompt_last = _run_blocks(self.blocks, self.prompt_pass, layer + 1,
+                                      self.prompt_pass.after(layer) + delta)[:, -1:]
+            for i in range(layer + 1, len(self.blocks)):
+                self.cache.layers[i].batch_select_indices(batch.group)
+        else:
+            self._reset(layer, self.expanded_layers)
+        next_logits = None
+        if self.completion_pass is not None:
+            hidden = self.completion_pass.after(layer)
+            if steer_completion:
+                hidden = hidden + delta
+            if steer_prompt or steer_completion:
+                hidden = _run_blocks(self.blocks, self.completion_pass, layer + 1, hidden)
+            next_logits = self._logits(hidden[:, :-1][batch.predicts_next])
+        return _summed(self._logits(prompt_last)[:, -1], next_logits, batch)
+
+
+def site_logprobs(model: nn.Module, rows: Sequence[EncodedRow], candidates: Sequence[Steering | None], *,
+                  batch_size: int, pad: int) -> torch.Tensor:
+    """Float64 (n_candidates, n_rows) completion log-probability sums, one base pass per batch for all candidates.
+
+    A None candidate is the base model. Each candidate runs only the blocks above its layer, and
+    only the completion tokens when it steers completion positions. Batches are processed one at a
+    time, so memory holds one batch's recorded passes, never the dataset's.
+    """
+    if not supports_site_cache(model):
+        raise ValueError("site_logprobs needs a transformers causal LM (final norm, LM head) without a PEFT wrapper or "
+                         "steer layers; score such a model with summed_logprobs instead.")
+    blocks = decoder_blocks(model, architecture_of(model))
+    norm = final_norm(model)
+    for steering in candidates:
+        if steering is not None and not 0 <= steering.layer < len(blocks):
+            raise ValueError(f"Candidate layer {steering.layer} is outside the model's {len(blocks)} blocks.")
+    sums = torch.zeros((len(candidates), len(rows)), dtype=torch.float64)
+    device = device_of(model)
+    with inference(model):
+        for batch in shared_batches(rows, batch_size, pad):
+            recorded = _SiteBatch(model, blocks, norm, batch.to(device))
+            _scatter(torch.stack([recorded.logprobs(steering) for steering in candidates]), batch, sums)
+    return sums
