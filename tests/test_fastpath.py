@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from steerft.batching import encode
 from steerft.metrics.logprobs import summed_logprobs
 from steerft.metrics.site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
-from steerft.models import tiny_model
+from steerft.testing import tiny_model
 from steerft.study.scorable import steered
 
 ARCHS = ["llama", "gpt2", "gemma3"]
