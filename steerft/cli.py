@@ -17,8 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .adapter import KINDS
-from .interop.cli import add_commands as add_interop_commands
-from .interop.cli import run as run_interop
+from .interop import cli as interop_cli
 from .jobs import extract, study, train, truth
 from .runconfig import ConfigError, build, load_config
 
@@ -41,7 +40,7 @@ def parser(prog: str = "steerft") -> argparse.ArgumentParser:
         if name == "train":
             job.add_argument("--adapter", choices=KINDS, help="shortcut for adapter.kind=...")
         job.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
-    add_interop_commands(sub)
+    interop_cli.add_commands(sub)
     return top
 
 
@@ -82,7 +81,7 @@ def main(argv: Sequence[str] | None = None, *, pinned: Mapping[str, Any] = {}) -
     """Run one job; a bad config ends in one line on stderr and exit code 2."""
     args = parse(argv)
     if hasattr(args, "handler"):  # export / import / push
-        return run_interop(args)
+        return interop_cli.run(args)
     try:
         run_job(args.job, config_data(args, pinned), args.config or args.job)
     except ConfigError as err:

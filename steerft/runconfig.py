@@ -27,7 +27,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     """The YAML at `path` (or {}) with `key=value` overrides applied."""
     data: dict[str, Any] = {}
     if path is not None:
-        from .data.sources import bundled_config  # bundled study configs resolve from any directory
+        from .data import bundled_config  # bundled study configs resolve from any directory
 
         path = bundled_config(path)
         if not path.is_file():

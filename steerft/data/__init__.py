@@ -23,7 +23,7 @@ from steerft.data.items import (
     answer_key,
 )
 from steerft.data.load import BUNDLED_BEHAVIOURS, load_behaviour, load_statements, load_texts
-from steerft.data.sources import data_dir
+from steerft.data.sources import bundled_config, data_dir
 from steerft.data.splits import HeldOutIds, Splits, answer_balance, load_held_out_ids, split_items, training_subset
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "contrast_pairs",
     "data_dir",
     "length_filter",
+    "bundled_config",
     "load_behaviour",
     "load_held_out_ids",
     "load_statements",

@@ -4,7 +4,7 @@ The pieces (`pair_activations`, `fit_directions`, `save_adapter`) are public for
 in the study runner and in the extract job (`steerft.jobs.extract`).
 """
 
-from .activations import REDUCTIONS, read_activations, site_readers
+from .activations import REDUCTIONS, read_activations, read_rows, site_readers
 from .estimators import ESTIMATORS, Direction, estimate
 from .pipeline import Extraction, PairActivations, fit_directions, pair_activations, save_adapter, save_vectors, truth_directions
 from .report import LayerReport, write_report
@@ -20,6 +20,7 @@ __all__ = [
     "fit_directions",
     "pair_activations",
     "read_activations",
+    "read_rows",
     "save_adapter",
     "save_vectors",
     "site_readers",

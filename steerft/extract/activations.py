@@ -109,7 +109,7 @@ def read_activations(
     rows = [encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = list(range(rank, len(rows), world))
-    local = _read_rows(model, [rows[i] for i in mine], layers, reduce, batch_size, tokenizer.pad_token_id, padding_side, progress)
+    local = read_rows(model, [rows[i] for i in mine], layers, reduce, batch_size, tokenizer.pad_token_id, padding_side, progress)
     pieces = [(mine[i], {layer: acts[i] for layer, acts in local.items()}) for i in range(len(mine))]
     if world > 1:
         pieces = gather_object(pieces)
@@ -122,7 +122,7 @@ def _indices(model: nn.Module, layers: Sequence[int]) -> list[int]:
     return block_indices(base, layers, _blocks_path(model))
 
 
-def _read_rows(
+def read_rows(
     model: nn.Module,
     rows: Sequence[EncodedRow],
     layers: Sequence[int],
@@ -132,6 +132,7 @@ def _read_rows(
     padding_side: str,
     progress: bool,
 ) -> dict[int, torch.Tensor]:
+    """Activations {layer: (n, d) float32} of already-encoded rows, read in this process only."""
     layers = _indices(model, layers)
     device = next(model.parameters()).device
     out = {layer: torch.empty(len(rows), hidden_size(model)) for layer in layers}

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
-from steerft.tuner.arch import architecture_of, decoder_blocks
-from steerft.tuner.arch import hidden_size as model_hidden_size
+from steerft.tuner import block_count
+from steerft.tuner import hidden_size as model_hidden_size
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -85,7 +85,7 @@ def read_adapter(folder: str | Path) -> SteerAdapter:
 def check_fits(model: PreTrainedModel, vectors: dict[int, torch.Tensor], source: str) -> None:
     """Refuse vectors made for another model: wrong hidden size or a block the model does not have."""
     width = model_hidden_size(model)
-    n_blocks = len(decoder_blocks(model, architecture_of(model, None)))
+    n_blocks = block_count(model)
     sizes = {int(v.numel()) for v in vectors.values()}
     if sizes != {width}:
         raise InteropError(

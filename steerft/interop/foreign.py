@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from steerft.tuner.arch import architecture_of, decoder_blocks
+from steerft.tuner import block_count
 
 from .adapter import InteropError, save_vectors_as_adapter
 
@@ -62,6 +62,6 @@ def import_repeng(control_vector: Any, model: PreTrainedModel, out_dir: str | Pa
 def import_steering_vector(steering_vector: Any, model: PreTrainedModel, out_dir: str | Path, *,
                            multiplier: float = 1.0) -> Path:
     """Write a steering-vectors SteeringVector as a steer adapter; `multiplier` is apply()'s."""
-    n_blocks = len(decoder_blocks(model, architecture_of(model, None)))
+    n_blocks = block_count(model)
     return save_vectors_as_adapter(model, steering_vectors_vectors(steering_vector, n_blocks), out_dir,
                                    source="steering-vectors SteeringVector", multiplier=multiplier)

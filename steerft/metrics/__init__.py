@@ -7,8 +7,8 @@ offline for behaviour with fluency beside them, plus the statistics
 a study reports (t-intervals, a loud warning when the base model is at chance on a format).
 """
 
-from .fluency import fluency_score, harmonic_mean, reply_loglik, repetition_rate
 from .competence import AnswerShift, CompetenceVerdict, answer_shift, competence_check, competence_warning
+from .fluency import fluency_score, harmonic_mean, reply_loglik, repetition_rate
 from .generation import generate_samples
 from .judge import (
     ClassifierJudge,
@@ -33,6 +33,7 @@ from .preference import (
     preference,
     steerability,
 )
+from .site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
 from .side_effects import cross_entropy, kl_to_base, reference_continuations
 from .stats import Interval, chance_band, distinguishable_from_zero, mean_ci95, paired_interval, t_critical
 
@@ -49,6 +50,7 @@ __all__ = [
     "JudgedReply",
     "PreferenceResult",
     "SamplingSettings",
+    "Steering",
     "ab_probability",
     "answer_letter",
     "answer_shift",
@@ -72,7 +74,10 @@ __all__ = [
     "reference_continuations",
     "repetition_rate",
     "reply_loglik",
+    "shared_prompt_logprobs",
+    "site_logprobs",
     "steerability",
+    "supports_site_cache",
     "summarise_judged",
     "t_critical",
 ]

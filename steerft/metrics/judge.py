@@ -30,8 +30,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from ..batching import EncodedRow, batches, encode, text_ids
 from ..data import BehaviourItem, ContrastPair, PromptFormatter
-from ..extract.activations import REDUCTIONS, _read_rows
-from ..tuner.arch import architecture_of, decoder_blocks
+from ..extract import REDUCTIONS, read_rows
+from ..tuner import block_count
 from ._forward import as_base, check_base_model, device_of, inference, pad_id
 from .fluency import fluency_score, harmonic_mean, reply_loglik, repetition_rate
 from .generation import _prompt_row, _stop_ids, _until_stop
@@ -84,7 +84,7 @@ def encode_replies(
     check_base_model(model, base_model)
     rows = [_reply_row(tokenizer, prompt, reply) for prompt, reply in zip(prompts, replies)]
     with as_base(model, base_model) as base, inference(base):
-        read = _read_rows(base, rows, [layer], reduce, batch_size, pad_id(tokenizer), "right", False)
+        read = read_rows(base, rows, [layer], reduce, batch_size, pad_id(tokenizer), "right", False)
     return read[layer].double()
 
 
@@ -238,7 +238,7 @@ def _logits(features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, wei
 
 def _judge_layer(model: nn.Module, layer: int | None) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    n_blocks = len(decoder_blocks(base, architecture_of(base)))
+    n_blocks = block_count(base)
     if layer is None:
         return n_blocks // 2
     if not -n_blocks <= layer < n_blocks:

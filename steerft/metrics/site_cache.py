@@ -28,8 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..batching import EncodedRow
-from ..tuner.arch import architecture_of, decoder_blocks
-from ..tuner.layer import SteerLayer, hidden_of
+from ..tuner import SteerLayer, block_list, hidden_of
 from ._forward import device_of, inference
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layernorm")
@@ -300,7 +299,7 @@ def site_logprobs(model: nn.Module, rows: Sequence[EncodedRow], candidates: Sequ
     if not supports_site_cache(model):
         raise ValueError("site_logprobs needs a transformers causal LM (final norm, LM head) without a PEFT wrapper or "
                          "steer layers; score such a model with summed_logprobs instead.")
-    blocks = decoder_blocks(model, architecture_of(model))
+    blocks = block_list(model)
     norm = final_norm(model)
     for steering in candidates:
         if steering is not None and not 0 <= steering.layer < len(blocks):

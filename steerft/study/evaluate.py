@@ -19,8 +19,15 @@ from transformers import PreTrainedTokenizerBase
 
 from ..batching import encode
 from ..data import ContrastPair
-from ..metrics import ab_probability, answer_letter, competence_warning, generate_samples, kl_to_base, preference
-from ..metrics.site_cache import shared_prompt_logprobs
+from ..metrics import (
+    ab_probability,
+    answer_letter,
+    competence_warning,
+    generate_samples,
+    kl_to_base,
+    preference,
+    shared_prompt_logprobs,
+)
 from .context import GENERAL_TEXT_REQUEST, StudyContext
 from .scorable import Scorable
 

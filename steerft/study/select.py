@@ -19,9 +19,8 @@ from torch import nn
 
 from ..batching import encode
 from ..data import PromptFormatter
-from ..metrics import preference
+from ..metrics import Steering, preference, site_logprobs, supports_site_cache
 from ..metrics.preference import PreferenceResult
-from ..metrics.site_cache import Steering, site_logprobs, supports_site_cache
 from .context import StudyContext
 from .scorable import Scorable, steered
 
