@@ -282,11 +282,8 @@ def test_smollm2_second_load_uses_cache(smollm2: tuple, monkeypatch: pytest.Monk
         raise AssertionError("the cached copy should have been used")
 
     monkeypatch.setattr(models, "_convert", no_conversion)
-    start = time.perf_counter()
     model, _ = load_model("smollm2-135m-instruct", dtype=torch.bfloat16)
-    elapsed = time.perf_counter() - start
     assert model.dtype == torch.bfloat16
-    assert elapsed < 10  # ≈0.3-0.5 s measured; generous for a loaded CI box
 
 
 @pytest.mark.real
