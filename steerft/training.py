@@ -159,6 +159,9 @@ def row_counts(trainer, given: int) -> dict[str, int]:
 
 
 def _warn_if_cut(counts: dict[str, int], limit: int | None) -> None:
+    if not counts["rows_trained"]:
+        raise ConfigError(f"trainer.max_length={limit} leaves none of the {counts['rows_given']} training rows a "
+                          "completion token to learn from; raise trainer.max_length.")
     dropped = counts["rows_given"] - counts["rows_trained"]
     if dropped or counts["rows_cut"]:
         warnings.warn(f"max_length={limit}: TRL dropped {dropped} of {counts['rows_given']} training rows (no "
