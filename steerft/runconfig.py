@@ -32,7 +32,10 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}); save it as "
+                              "UTF-8.") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):

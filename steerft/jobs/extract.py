@@ -55,6 +55,8 @@ def _check(config: ExtractConfig) -> None:
     if config.reduce not in REDUCTIONS:
         raise ConfigError(f"reduce={config.reduce!r}; allowed values: {', '.join(REDUCTIONS)}.")
     non_negative(config, "seed", "split_seed")
+    if not config.layers or len(set(config.layers)) != len(config.layers):
+        raise ConfigError(f"layers={config.layers}: list at least one block index, each once (e.g. layers=[8,12]).")
     for key in ("n", "batch_size", "threads"):
         value = getattr(config, key)
         if value is not None and value < 1:

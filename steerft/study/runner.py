@@ -142,7 +142,12 @@ def _check_study_file(out: Path, config: StudyConfig, data: StudyData) -> None:
     study = _study_record(config, data)
     path = out / STUDY_FILE
     if path.is_file() and read_points(log_paths(out)):
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is damaged ({err}); restore it, or use a new output_dir.") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path} is damaged (not a JSON object); restore it, or use a new output_dir.")
         for key in study:
             if saved.get(key) != study[key]:
                 raise ConfigError(f"output_dir={str(out)!r} holds a study with other settings "
