@@ -348,6 +348,8 @@ def _load_adapter(folder: Path, **load_kwargs: Any) -> tuple[Any, PreTrainedToke
         raise AdapterLoadError(f"{config_file} does not name its base model (base_model_name_or_path); load the "
                                f"base with load_model(...) and apply the adapter with PeftModel.from_pretrained(base, "
                                f"{str(folder)!r}).")
+    if not Path(base).exists() and Path(base).name in _BUILTINS:  # trained on a built-in's cache elsewhere
+        base = Path(base).name
     model, tokenizer = load_model(base, **load_kwargs)
     if (folder / "tokenizer_config.json").is_file():
         with _TRANSFORMERS_LOCK:

@@ -19,6 +19,7 @@ from steerft.io import TEMP_PREFIX, atomic_dir
 from steerft.jobs import train, truth
 from steerft.jobs.train import TrainConfig, run_training
 from steerft.jobs.truth import TruthConfig, run_truth_study
+from steerft import models
 from steerft.models import AdapterLoadError, load_model
 from steerft.runconfig import ConfigError, as_dict, build
 from steerft.study import StudyConfig, run_study
@@ -264,3 +265,21 @@ def test_truth_study_resumes_from_its_point_log(tmp_path, tiny_dir, monkeypatch)
     assert len(fitted) == 1  # only the new seed
     with pytest.raises(ConfigError, match="holds a truth study with other settings"):
         run_truth_study(TruthConfig(**{**as_dict(config), "layers": [2]}))
+
+
+def test_an_adapter_trained_on_a_builtin_reloads_on_another_machine(tmp_path, monkeypatch):
+    """A built-in base is recorded as its cache path; where that path does not exist, the name is used."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "STEER", "base_model_name_or_path": "/elsewhere/cache/smollm2-135m-instruct"}))
+    asked = []
+
+    def fake_load(name, **kwargs):
+        asked.append(name)
+        raise FileNotFoundError(name)
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    with pytest.raises(FileNotFoundError):
+        models._load_adapter(folder)
+    assert asked == ["smollm2-135m-instruct"]
