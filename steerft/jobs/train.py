@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,15 +89,19 @@ def _checkpoint(config: TrainConfig, run_dir: Path) -> str | None:
     if (run_dir / "metrics.json").is_file() and not config.overwrite:
         raise ConfigError(f"run folder {run_dir} holds a finished run; choose another run_name, or set "
                           "overwrite=true to replace it.")
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if
-                         p.name.split("-")[-1].isdigit() else -1)
-    if checkpoints and not (config.resume or config.overwrite):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    if last and not (config.resume or config.overwrite):
         raise ConfigError(f"run folder {run_dir} holds checkpoints of an interrupted run; set resume=true to "
                           "continue it, or overwrite=true to start again.")
-    if config.resume and not checkpoints:
+    if last and config.overwrite and not config.resume and _is_main_process():  # stale ones would mix into the rotation
+        for stale in run_dir.glob("checkpoint-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    if config.resume and not last:
         print(f"steerft train: resume=true but {run_dir} holds no checkpoint; starting from the beginning.",
               flush=True)
-    return str(checkpoints[-1]) if config.resume and checkpoints else None
+    return last if config.resume else None
 
 
 def _check_model_fit(adapter: PeftConfig | None, model) -> None:
@@ -138,10 +143,10 @@ def _is_main_process() -> bool:
 def run_training(config: TrainConfig) -> Path:
     """Check, train, and write the run folder; return its path (the same on every process)."""
     config, adapter, train_items, val_items = _resolve(config)
-    model, tokenizer = load_job_model(config.model)
-    _check_model_fit(adapter, model)
     run_dir = Path(config.output_dir) / config.run_name
     checkpoint = _checkpoint(config, run_dir)
+    model, tokenizer = load_job_model(config.model)
+    _check_model_fit(adapter, model)
     main = _is_main_process()
     if main:
         tracking.init_run(config.wandb_project, config.run_name, config.wandb_group, as_dict(config), "train",
