@@ -334,6 +334,10 @@ def file_cases(tiny: Path) -> list[Case]:
         Case("train init a LoRA adapter", _bad_init(t, config=json.dumps({"peft_type": "LORA"})), ("LORA",)),
         Case("train init vector of the wrong width", _wide_init(t), ("hidden size",)),
         Case("train finished run folder", _finished_run(t), ("finished run", "overwrite=true"), out=None),
+        Case("train interrupted run folder", _interrupted_run(t), ("interrupted run", "resume=true"), out=None),
+        Case("study folder in use", _study_in_use(t), ("in use by pid",), out=None),
+        Case("study Ctrl-C", _interrupt("study"), ("interrupted; rerun the same command to resume",), out=None),
+        Case("train Ctrl-C", _interrupt("train"), ("resume=true",), out=None),
     ]
     return cases
 
@@ -389,6 +393,36 @@ def _finished_run(tiny: Path) -> Callable[[Path], int]:
     def run(scratch: Path) -> int:
         _write(scratch / "out" / "r" / "metrics.json", "{}")
         return job("train", "run_name=r", tiny=tiny)(scratch)
+    return run
+
+
+def _interrupted_run(tiny: Path) -> Callable[[Path], int]:
+    def run(scratch: Path) -> int:
+        _write(scratch / "out" / "r" / "checkpoint-3" / "trainer_state.json", "{}")
+        return job("train", "run_name=r", tiny=tiny)(scratch)
+    return run
+
+
+def _study_in_use(tiny: Path) -> Callable[[Path], int]:
+    def run(scratch: Path) -> int:
+        from steerft.study import runner
+
+        with runner._study_lock(scratch / "out"):
+            return job("study", tiny=tiny)(scratch)
+    return run
+
+
+def _interrupt(name: str) -> Callable[[Path], int]:
+    """A Ctrl-C while the job runs: the exit code 130 counts as a refusal with one line."""
+    def run(scratch: Path) -> int:
+        def interrupted(*args):
+            raise KeyboardInterrupt
+
+        real, cli.run_job = cli.run_job, interrupted
+        try:
+            return 2 if cli.main([name]) == 130 else 0
+        finally:
+            cli.run_job = real
     return run
 
 
