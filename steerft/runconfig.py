@@ -33,7 +33,10 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist.")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}); save it as "
+                              "UTF-8.") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):
@@ -43,8 +46,18 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"Override {override!r} must look like key=value.")
-        _set_dotted(data, key.strip().lstrip("-").replace("-", "_"), yaml.safe_load(raw))
+        _set_dotted(data, key.strip().lstrip("-").replace("-", "_"), _override_value(override, raw))
     return data
+
+
+def _override_value(override: str, raw: str) -> Any:
+    """The YAML value of one `key=value` override, or ConfigError quoting it."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"Override {override!r}: the value is not valid YAML ({problem}); quote it or close its "
+                          "brackets, e.g. n=[1,4].") from None
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -103,8 +116,31 @@ def _is_union(hint: Any) -> bool:
 
 
 def _check_type(value: Any, hint: Any, key: str) -> None:
-    if not _matches(value, hint):
-        raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_describe(hint)}.")
+    if _matches(value, hint):
+        return
+    element = _element_hint(hint)
+    if element is not None and isinstance(value, (list, tuple)):
+        bad = next(v for v in value if not _matches(v, element))
+        raise ConfigError(f"{key} = {value!r}: the element {bad!r} is not {_describe(element)}; "
+                          f"expected {_describe(hint)}.")
+    raise ConfigError(f"{key} = {value!r} is not {_describe(hint)}.")
+
+
+def _element_hint(hint: Any) -> Any:
+    """The element type of a list hint (also inside `list[X] | None`), else None."""
+    for option in typing.get_args(hint) if _is_union(hint) else (hint,):
+        if typing.get_origin(option) in (list, Sequence, tuple) and typing.get_args(option):
+            return typing.get_args(option)[0]
+    return None
+
+
+def non_negative(config: Any, *keys: str) -> None:
+    """Refuse negative integers (seeds, counts) under `keys` of `config`, naming the key."""
+    for key in keys:
+        value = getattr(config, key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and v < 0 for v in values):
+            raise ConfigError(f"{key}={value!r} must be >= 0.")
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -130,7 +166,18 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """A type in words: "one of: last, mean" for a Literal, "an int or null" for `int | None`."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(hint)))
+    if _is_union(hint):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, Sequence, tuple):
+        args = typing.get_args(hint)
+        return f"a list (each {_describe(args[0])})" if args else "a list"
+    if typing.get_origin(hint) in (dict, Mapping) or hint is dict:
+        return "a mapping (key: value)"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint) or getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def as_dict(config: Any) -> dict[str, Any]:

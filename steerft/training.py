@@ -131,10 +131,42 @@ def build_trainer(model, tokenizer, rows, *, method: str, peft_config: PeftConfi
     common = dict(model=model, train_dataset=rows, processing_class=tokenizer, peft_config=peft_config,
                   callbacks=list(callbacks or []))
     if method == "sft":
-        return SFTTrainer(args=trainer_args, **common)
-    # With an adapter TRL disables it to get reference log-probs; only full fine-tuning needs a frozen copy.
-    ref_model = None if peft_config is not None or isinstance(model, PeftModel) else _frozen_copy(model)
-    return DPOTrainer(args=trainer_args, ref_model=ref_model, **common)
+        trainer = SFTTrainer(args=trainer_args, **common)
+    else:
+        # With an adapter TRL disables it to get reference log-probs; only full fine-tuning needs a frozen copy.
+        ref_model = None if peft_config is not None or isinstance(model, PeftModel) else _frozen_copy(model)
+        trainer = DPOTrainer(args=trainer_args, ref_model=ref_model, **common)
+    _warn_if_cut(row_counts(trainer, len(rows)), trainer_args.max_length)
+    return trainer
+
+
+def row_counts(trainer, given: int) -> dict[str, int]:
+    """What TRL will actually train on: rows kept after its preparation, and how many `max_length` cuts.
+
+    TRL drops rows that truncation leaves without a completion token and cuts the others silently;
+    an SFT row that fills `max_length` exactly, or a preference row whose prompt plus longer answer
+    exceed it, counts as cut.
+    """
+    dataset, limit = trainer.train_dataset, trainer.args.max_length
+    if limit is None:
+        return {"rows_given": given, "rows_trained": len(dataset), "rows_cut": 0}
+    if "input_ids" in dataset.column_names:
+        cut = sum(len(ids) >= limit for ids in dataset["input_ids"])
+    else:
+        answers = [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+        cut = sum(len(p) + a > limit for p, a in zip(dataset["prompt_ids"], answers))
+    return {"rows_given": given, "rows_trained": len(dataset), "rows_cut": cut}
+
+
+def _warn_if_cut(counts: dict[str, int], limit: int | None) -> None:
+    if not counts["rows_trained"]:
+        raise ConfigError(f"trainer.max_length={limit} leaves none of the {counts['rows_given']} training rows a "
+                          "completion token to learn from; raise trainer.max_length.")
+    dropped = counts["rows_given"] - counts["rows_trained"]
+    if dropped or counts["rows_cut"]:
+        warnings.warn(f"max_length={limit}: TRL dropped {dropped} of {counts['rows_given']} training rows (no "
+                      f"completion token left) and cut {counts['rows_cut']} more to the limit; raise "
+                      "trainer.max_length to train on whole rows.", stacklevel=3)
 
 
 def _frozen_copy(model):

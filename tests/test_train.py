@@ -232,7 +232,7 @@ def test_trainer_section_reaches_trls_args_from_overrides(tiny_dir, tmp_path, mo
     assert args.warmup_steps == 0.1 and args.lr_scheduler_type == "cosine" and args.bf16 is True
     assert args.learning_rate == 0.03  # YAML's `3e-2` string read as the float the field wants
     assert args.per_device_train_batch_size == 4 and args.max_length == 256 and args.logging_steps == 1
-    assert args.save_strategy == "no"
+    assert args.save_strategy == "steps" and args.save_total_limit == 1  # the train job checkpoints (resume=true)
 
 
 @pytest.mark.parametrize(
@@ -296,10 +296,9 @@ def test_report_to_off_disables_wandb(monkeypatch):
 
 
 @pytest.mark.parametrize("name, method, kind, trainer", [
-    ("sft_steer", "sft", "steer", {"num_train_epochs": 3, "per_device_train_batch_size": 4, "learning_rate": 0.1,
-                                   "max_length": 256}),
-    ("dpo_lora", "dpo", "lora", {"num_train_epochs": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
-                                 "beta": 0.1, "max_length": 256}),
+    ("sft_steer", "sft", "steer", {"num_train_epochs": 3, "per_device_train_batch_size": 4, "max_length": 256}),
+    ("dpo_lora", "dpo", "lora", {"num_train_epochs": 2, "per_device_train_batch_size": 4, "beta": 0.1,
+                                 "max_length": 256}),
 ])
 def test_recipe_configs_are_train_configs(name, method, kind, trainer):
     config = train.check_config(build(TrainConfig, load_config(RECIPES / "configs" / f"{name}.yaml")))

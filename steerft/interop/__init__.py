@@ -6,7 +6,7 @@ to that block's output at every token.
 """
 
 from .adapter import InteropError, SteerAdapter, read_adapter
-from .base import base_model_of, load_base, load_with_adapter
+from .base import base_model_of, load_with_adapter
 from .card import prepare_for_hub
 from .foreign import import_repeng, import_steering_vector, repeng_vectors, steering_vectors_vectors
 from .hub import push_adapter, upload_files
@@ -22,7 +22,6 @@ __all__ = [
     "import_control_vector",
     "import_repeng",
     "import_steering_vector",
-    "load_base",
     "load_with_adapter",
     "prepare_for_hub",
     "push_adapter",

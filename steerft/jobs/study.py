@@ -15,8 +15,11 @@ __all__ = ["StudyConfig", "run_study"]
 
 
 def worker_main() -> int:
-    """Entry point of a spawned local worker."""
-    run_study(workers.worker_config())
+    """Entry point of a spawned local worker; a Ctrl-C is reported once, by the study process."""
+    try:
+        run_study(workers.worker_config())
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +25,14 @@ from ..data import BehaviourItem, PromptFormatter, contrast_pairs, training_subs
 from ..io import atomic_dir, write_json, write_text
 from ..metrics import preference
 from ..models import DEFAULT_MODEL
-from ..runconfig import ConfigError, as_dict, build
-from ..training import METHODS, build_trainer, check_trainer, training_rows
+from ..runconfig import ConfigError, as_dict, build, non_negative
+from ..training import METHODS, build_trainer, check_trainer, row_counts, training_rows
 from ..tuner import SteerConfig, hidden_size
-from .startup import layers_of, load_job_model, load_splits, set_threads
+from .startup import check_output_dir, layers_of, load_job_model, load_splits, set_threads
+
+# The train job checkpoints so that a killed run can `resume`; the finished run folder replaces the
+# checkpoints. Settings in `trainer:` win.
+CHECKPOINTS = {"save_strategy": "steps", "save_steps": 50, "save_total_limit": 1}
 
 
 @dataclass
@@ -56,6 +61,8 @@ class TrainConfig:
     wandb_project: str = "steerft"
     wandb_group: str | None = None
     threads: int | None = None  # torch.set_num_threads
+    resume: bool = False  # continue a killed run from the last checkpoint in its run folder
+    overwrite: bool = False  # replace a finished run folder of the same run_name
 
 
 def check_config(config: TrainConfig) -> TrainConfig:
@@ -70,7 +77,31 @@ def check_config(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key}={value!r} must be positive (or null for the default).")
     if config.eval_items < 0:
         raise ConfigError(f"eval_items={config.eval_items} must be >= 0 (0 skips the held-out check).")
+    non_negative(config, "seed", "split_seed")
+    check_output_dir(config.output_dir)
     return config
+
+
+def _checkpoint(config: TrainConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from (None: start afresh); refuse to replace a run the user did not mean to."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file; choose another run_name or output_dir.")
+    if (run_dir / "metrics.json").is_file() and not config.overwrite:
+        raise ConfigError(f"run folder {run_dir} holds a finished run; choose another run_name, or set "
+                          "overwrite=true to replace it.")
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    if last and not (config.resume or config.overwrite):
+        raise ConfigError(f"run folder {run_dir} holds checkpoints of an interrupted run; set resume=true to "
+                          "continue it, or overwrite=true to start again.")
+    if last and config.overwrite and not config.resume and _is_main_process():  # stale ones would mix into the rotation
+        for stale in run_dir.glob("checkpoint-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    if config.resume and not last:
+        print(f"steerft train: resume=true but {run_dir} holds no checkpoint; starting from the beginning.",
+              flush=True)
+    return last if config.resume else None
 
 
 def _check_model_fit(adapter: PeftConfig | None, model) -> None:
@@ -112,19 +143,21 @@ def _is_main_process() -> bool:
 def run_training(config: TrainConfig) -> Path:
     """Check, train, and write the run folder; return its path (the same on every process)."""
     config, adapter, train_items, val_items = _resolve(config)
+    run_dir = Path(config.output_dir) / config.run_name
+    checkpoint = _checkpoint(config, run_dir)
     model, tokenizer = load_job_model(config.model)
     _check_model_fit(adapter, model)
-    run_dir = Path(config.output_dir) / config.run_name
     main = _is_main_process()
     if main:
         tracking.init_run(config.wandb_project, config.run_name, config.wandb_group, as_dict(config), "train",
                           enabled=config.wandb)
     fmt = PromptFormatter(tokenizer)
     try:
-        args = {"output_dir": str(run_dir), "run_name": config.run_name, "seed": config.seed, **config.trainer}
+        args = {"output_dir": str(run_dir), "run_name": config.run_name, "seed": config.seed, **CHECKPOINTS,
+                **config.trainer}
         trainer = build_trainer(model, tokenizer, training_rows(config.method, train_items, fmt), method=config.method,
                                 peft_config=adapter, args=args, report_to=tracking.report_to(config.wandb))
-        metrics = _train(trainer, config, adapter_kind(adapter), len(train_items), announce=main)
+        metrics = _train(trainer, config, adapter_kind(adapter), len(train_items), checkpoint, announce=main)
         metrics |= _heldout(trainer, tokenizer, val_items[: config.eval_items], fmt)
         _save(trainer, run_dir, config, train_items, metrics, main)
     finally:
@@ -151,16 +184,21 @@ def _resolve(config: TrainConfig) -> tuple[TrainConfig, PeftConfig | None, list[
     return config, adapter, train_items, val_items
 
 
-def _train(trainer, config: TrainConfig, kind: str, n: int, *, announce: bool) -> dict[str, Any]:
+def _train(trainer, config: TrainConfig, kind: str, n: int, checkpoint: str | None, *,
+           announce: bool) -> dict[str, Any]:
     """Train, saying first what runs where (the world size is Accelerate's, known once the trainer exists)."""
     world_size = trainer.accelerator.num_processes
     trainable, total = _parameter_counts(trainer.model)
+    rows = row_counts(trainer, n)
     if announce:
         print(f"steerft train: {config.run_name}: {config.method} with a {kind} adapter ({trainable:,} trainable "
-              f"parameters) on {n} items, world size {world_size} ({trainer.accelerator.device})", flush=True)
+              f"parameters) on {rows['rows_trained']} items, world size {world_size} ({trainer.accelerator.device})"
+              + (f", resuming from {checkpoint}" if checkpoint else ""), flush=True)
     started = time.perf_counter()
-    result = trainer.train()
-    return _metrics(trainer, result, time.perf_counter() - started, world_size, trainable, total, n)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = _metrics(trainer, result, time.perf_counter() - started, world_size, trainable, total,
+                       rows["rows_trained"])
+    return metrics | rows
 
 
 def _heldout(trainer, tokenizer, items: Sequence[BehaviourItem], fmt: PromptFormatter) -> dict[str, Any]:

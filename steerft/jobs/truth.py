@@ -3,7 +3,8 @@
 On true/false statements (x+ = statement answered "True", x- = answered "False"), CCS and
 PCA see no labels; mean_diff and logistic do. Each is fitted on n training statements for several
 seeds and scored on one fixed held-out split, per layer, next to the model's own zero-shot answer.
-Activations are read once for every statement any seed needs; every (n, seed) fit reuses them.
+Activations are read once for every statement any seed needs; every (n, seed) fit reuses them. Each
+finished fit is a line of points.jsonl (steerft.study.points), so a rerun resumes where a killed one stopped.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from ..extract import ESTIMATORS, PairActivations, pair_activations, truth_direc
 from ..io import atomic_write, write_json, write_text
 from ..metrics import chance_band, completion_logprobs, mean_ci95
 from ..models import DEFAULT_MODEL, model_info
-from ..runconfig import ConfigError, as_dict
-from .startup import layers_of, load_job_model, load_splits, set_threads
+from ..runconfig import ConfigError, as_dict, non_negative
+from ..study.points import POINTS_FILE, PointLog, read_points
+from .startup import check_output_dir, layers_of, load_job_model, load_splits, set_threads
 
 COLUMNS = ("estimator", "supervised", "layer", "n", "seed", "accuracy", "accuracy_best_sign")
 MIN_N = 2  # PCA, a probe and CCS need two statements at least
+# Keys that do not change a fit: a resumed study may differ in them (the grid axes n and seeds may grow).
+NOT_IN_SETTINGS = ("name", "n", "seeds", "batch_size", "output_dir", "wandb", "wandb_project", "threads")
 
 
 @dataclass
@@ -67,11 +71,13 @@ def check_truth(config: TruthConfig) -> None:
         raise ConfigError(f"estimators={config.estimators}: name at least one of {', '.join(ESTIMATORS)}.")
     if min(config.n) < MIN_N:
         raise ConfigError(f"n={config.n}: a truth study needs n >= {MIN_N} statements per fit.")
+    non_negative(config, "seeds", "split_seed")
 
 
 def run_truth_study(config: TruthConfig) -> Path:
     """Fit every estimator at every layer for every (n, seed); write CSV, summary, figure and report."""
     check_truth(config)
+    out = check_output_dir(config.output_dir)
     set_threads(config.threads)
     started = time.perf_counter()
     _, splits = load_splits(config, load_statements)
@@ -88,21 +94,42 @@ def run_truth_study(config: TruthConfig) -> Path:
     test_pairs, test_labels = statement_pairs(test, fmt)
     test_acts = pair_activations(model, tokenizer, test_pairs, layers, **read)
     row_of = {index: row for row, index in enumerate(needed)}
-    rows = []
+    log, done = _point_log(config, out)
     for n in config.n:
         for seed in config.seeds:
+            key = f"n={n}|seed={seed}"
+            if key in done:
+                continue
             chosen = [row_of[i] for i in _subset_index(splits.train, n, seed)]
             fits = truth_directions(_rows(train_acts, chosen), [train_labels[i] for i in chosen], test_acts,
                                     test_labels, config.estimators)
-            rows += [{"estimator": name, "supervised": result["supervised"], "layer": layer, "n": n, "seed": seed,
-                      "accuracy": result["accuracy"], "accuracy_best_sign": result["accuracy_best_sign"]}
-                     for (name, layer), result in fits.items()]
+            done[key] = {"key": key, "settings": _settings(config), "rows": [
+                {"estimator": name, "supervised": result["supervised"], "layer": layer, "n": n, "seed": seed,
+                 "accuracy": result["accuracy"], "accuracy_best_sign": result["accuracy_best_sign"]}
+                for (name, layer), result in fits.items()]}
+            log.append(done[key])
             print(f"truth study: n={n} seed={seed} done ({time.perf_counter() - started:.0f}s)", flush=True)
+    rows = [row for n in config.n for seed in config.seeds for row in done[f"n={n}|seed={seed}"]["rows"]]
     zero_shot = _zero_shot_accuracy(model, tokenizer, test_pairs, test_labels, config.batch_size)
-    out = Path(config.output_dir)
     summary = _summary(config, rows, zero_shot, len(test), model_info(model), time.perf_counter() - started)
     _write(config, rows, summary, out)
     return out
+
+
+def _settings(config: TruthConfig) -> dict[str, Any]:
+    return {key: value for key, value in as_dict(config).items() if key not in NOT_IN_SETTINGS}
+
+
+def _point_log(config: TruthConfig, out: Path) -> tuple[PointLog, dict[str, dict[str, Any]]]:
+    """The resumable log of finished (n, seed) fits (one JSON line each, as a study's points.jsonl)."""
+    done = read_points([out / POINTS_FILE] if (out / POINTS_FILE).is_file() else [])
+    settings = _settings(config)
+    for record in done.values():
+        if record.get("settings") != settings:
+            changed = sorted(k for k in settings if (record.get("settings") or {}).get(k) != settings[k])
+            raise ConfigError(f"output_dir={str(out)!r} holds a truth study with other settings ({', '.join(changed)}"
+                              "); its fits cannot be resumed. Use a new output_dir or restore those settings.")
+    return PointLog(out / POINTS_FILE), done
 
 
 def _subset_index(train: list, n: int, seed: int) -> list[int]:

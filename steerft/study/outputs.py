@@ -23,6 +23,8 @@ from .plots import plot_curves, plot_side_effects
 from .points import Point
 from .report import render_report
 
+# Quantities that cannot be negative get intervals clipped at 0 (metrics.mean_ci95(nonnegative=True)).
+NONNEGATIVE_METRICS = ("kl", "wall_time_s")
 SUMMARY_METRICS = ("accuracy", "mean_margin", "effect", "anti_steerable_fraction", "kl", "delta_ce", "wall_time_s")
 CSV_COLUMNS = ("method", "family", "n", "seed", "shared", "accuracy", "mean_margin", "effect",
                "anti_steerable_fraction", "kl", "ce", "delta_ce", "params", "layer", "multiplier", "demonstrations",
@@ -89,7 +91,10 @@ def summarise(config: StudyConfig, rows: list[dict[str, Any]], records: dict[str
 def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     stats: dict[str, Any] = {"seeds": len(rows)}
     for metric in SUMMARY_METRICS:
-        mean, low, high = mean_ci95([row[metric] for row in rows])
+        if metric in NONNEGATIVE_METRICS:  # a KL of -1e-9 is float rounding of 0
+            mean, low, high = mean_ci95([max(row[metric], 0.0) for row in rows], nonnegative=True)
+        else:
+            mean, low, high = mean_ci95([row[metric] for row in rows])
         stats[metric] = {"mean": mean, "ci_low": low, "ci_high": high}
     return stats
 

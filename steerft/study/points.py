@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..runconfig import ConfigError
 from .config import StudyConfig, effective_methods
 from .methods import METHODS
 
@@ -83,13 +84,20 @@ def _records(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             if number == len(lines):  # unterminated last line: a write cut short
                 break
-            raise ValueError(f"{path}, line {number}: not a point record ({err.msg}); the file was edited or "
-                             "corrupted. Remove that line to recompute the point.") from err
+            raise _corrupt(path, number, getattr(err, "msg", "not UTF-8")) from None
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            raise _corrupt(path, number, "no point key")
+        records.append(record)
     return records
+
+
+def _corrupt(path: Path, number: int, problem: str) -> ConfigError:
+    return ConfigError(f"{path}, line {number}: not a point record ({problem}); the file was edited or corrupted. "
+                       "Remove that line to recompute the point.")
 
 
 class PointLog:

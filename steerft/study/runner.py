@@ -9,9 +9,12 @@ for DDP. Rank 0 then waits until every point is in some file, merges them and wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from ..data import PromptFormatter
 from ..io import write_json, write_text
 from ..jobs import startup
 from ..metrics import reference_continuations
-from ..runconfig import ConfigError, as_dict
+from ..runconfig import ConfigError, as_dict, non_negative
 from . import workers
 from .config import StudyConfig, fingerprint
 from .context import StudyContext, StudyData, eval_inputs, load_base_model, load_data, resolved_layers
@@ -32,6 +35,8 @@ from .points import POINTS_FILE, Point, PointLog, grid, log_path, log_paths, rea
 from .wandb_log import log_study
 
 STUDY_FILE = "study.json"
+LOCK_FILE = ".study.lock"
+OWNER_FILE = ".study.owner"  # who holds the lock (the lock file itself is only flock'ed)
 REFERENCES_FILE = "references.json"
 MERGE_POLL_S = 2.0
 
@@ -43,26 +48,50 @@ _DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GRO
 def run_study(config: StudyConfig) -> Path:
     """Run (or resume) the n x method x seed grid on one behaviour dataset; returns its output folder."""
     rank, world = _claim_rank()
-    startup.set_threads(_threads(config))
-    out = Path(config.output_dir)
-    points = grid(config)
-    data = load_data(config)
-    _check_study_file(out, config, data, write=rank == 0)
-    spawned = []
-    if world == 1 and config.workers > 1:
-        world = config.workers
-        spawned = workers.spawn(config, world)
-    try:
-        _compute_share(config, data, points, out, rank, world)
-        if rank == 0:
-            records = _collect(points, out, spawned)
-            rows, summary = write_outputs(config, points, records, out)
-            if config.wandb:
-                log_study(config, rows, summary, out)
-            print(f"steerft study {config.name}: wrote {out / 'report.md'}", flush=True)
-    finally:
-        workers.stop(spawned)
+    non_negative(config, "seeds", "split_seed")
+    out = startup.check_output_dir(config.output_dir)
+    with _study_lock(out) if rank == 0 and workers.assignment() is None else contextlib.nullcontext():
+        startup.set_threads(_threads(config))
+        points = grid(config)
+        data = load_data(config)
+        _check_study_file(out, config, data)
+        spawned = []
+        if world == 1 and config.workers > 1:
+            world = config.workers
+            spawned = workers.spawn(config, world)
+        try:
+            _compute_share(config, data, points, out, rank, world)
+            if rank == 0:
+                records = _collect(points, out, spawned)
+                rows, summary = write_outputs(config, points, records, out)
+                if config.wandb:
+                    log_study(config, rows, summary, out)
+                print(f"steerft study {config.name}: wrote {out / 'report.md'}", flush=True)
+        finally:
+            workers.stop(spawned)
     return out
+
+
+@contextlib.contextmanager
+def _study_lock(out: Path) -> Iterator[None]:
+    """One study process per folder at a time; a second is refused with the holder's pid and host."""
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        owner = out / OWNER_FILE
+        holder = owner.read_text().strip() if owner.is_file() else "another process"
+        raise ConfigError(f"output_dir={str(out)!r} is in use by {holder}; wait for it to finish, or use another "
+                          "output_dir.") from None
+    try:
+        write_text(out / OWNER_FILE, f"pid {os.getpid()} on {socket.gethostname()}\n")
+        yield
+    finally:
+        (out / OWNER_FILE).unlink(missing_ok=True)
+        lock.release()
 
 
 def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], out: Path, rank: int,
@@ -74,7 +103,9 @@ def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], ou
     print(f"{tag}steerft study {config.name}: {len(points)} points, {len(mine) - len(todo)} of this process's "
           f"{len(mine)} already done -> {out}", flush=True)
     if todo:
-        ctx = _context(config, data, out)
+        ctx = _context(config, data, out)  # validates the layers against the model
+        if rank == 0:
+            _record_study(out, config, data)
         _compute(ctx, todo, PointLog(log_path(out, rank, world)), done=len(mine) - len(todo), total=len(mine),
                  tag=tag)
 
@@ -99,20 +130,34 @@ def _claim_rank() -> tuple[int, int]:
     return rank, world
 
 
-def _check_study_file(out: Path, config: StudyConfig, data: StudyData, *, write: bool) -> None:
-    """A folder holds one study: refuse to resume points measured under other settings."""
-    study = {"fingerprint": fingerprint(config), "test_ids": [i.id for i in data.test],
-             "val_ids": [i.id for i in data.val]}
+def _study_record(config: StudyConfig, data: StudyData) -> dict[str, Any]:
+    return {"fingerprint": fingerprint(config), "test_ids": [i.id for i in data.test],
+            "val_ids": [i.id for i in data.val]}
+
+
+def _check_study_file(out: Path, config: StudyConfig, data: StudyData) -> None:
+    """A folder holds one study: refuse to resume points measured under other settings.
+
+    A folder without points holds nothing to protect, whatever its study.json says."""
+    study = _study_record(config, data)
     path = out / STUDY_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
+    if path.is_file() and read_points(log_paths(out)):
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is damaged ({err}); restore it, or use a new output_dir.") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path} is damaged (not a JSON object); restore it, or use a new output_dir.")
         for key in study:
             if saved.get(key) != study[key]:
                 raise ConfigError(f"output_dir={str(out)!r} holds a study with other settings "
                                   f"({_difference(saved, study, key)}); its points cannot be resumed. Use a new "
                                   "output_dir or restore those settings.")
-    if write:
-        write_json(path, {**study, "config": as_dict(config)})
+
+
+def _record_study(out: Path, config: StudyConfig, data: StudyData) -> None:
+    """Written once the whole config is known to run (layers checked against the model), before any point."""
+    write_json(out / STUDY_FILE, {**_study_record(config, data), "config": as_dict(config)})
 
 
 def _difference(saved: dict, study: dict, key: str) -> str:

@@ -27,14 +27,25 @@ def load_steer_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
     if not (config_file.is_file() and weights_file.is_file()):
         raise ValueError(f"{str(path)!r} is not a saved steer adapter folder (with adapter_config.json and "
                          "adapter_model.safetensors).")
-    saved = json.loads(config_file.read_text())
+    try:
+        saved = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err}); save the adapter again.") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_file} must hold a JSON object; save the adapter again.")
     if not str(saved.get("peft_type", "")).upper().startswith("STEER") or saved.get("operator", "add") != "add":
         raise ValueError(f"{str(path)!r} holds a {saved.get('peft_type')} adapter (operator "
                          f"{saved.get('operator')!r}); starting vectors must come from an additive steer adapter.")
-    multiplier = float(saved.get("multiplier", 1.0))
+    multiplier = saved.get("multiplier", 1.0)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+        raise ValueError(f"{config_file}: multiplier={multiplier!r} is not a number; save the adapter again.")
     vectors = {}
-    for key, tensor in load_file(weights_file).items():  # e.g. base_model.model.model.layers.14.steer.vector.weight
+    try:
+        weights = load_file(weights_file)
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ValueError(f"{weights_file} is not a readable safetensors file ({err}); save the adapter again.") from None
+    for key, tensor in weights.items():  # e.g. base_model.model.model.layers.14.steer.vector.weight
         parts = key.split(".")
         if STEER_MODULE in parts:
-            vectors[int(parts[parts.index(STEER_MODULE) - 1])] = multiplier * tensor.float()
+            vectors[int(parts[parts.index(STEER_MODULE) - 1])] = float(multiplier) * tensor.float()
     return vectors
