@@ -25,7 +25,7 @@ from ..io import atomic_write, write_json, write_text
 from ..metrics import chance_band, completion_logprobs, mean_ci95
 from ..models import DEFAULT_MODEL, model_info
 from ..runconfig import ConfigError, as_dict, non_negative
-from ..study.points import POINTS_FILE, PointLog, read_points
+from ..study import points
 from .startup import check_output_dir, layers_of, load_job_model, load_splits, set_threads
 
 COLUMNS = ("estimator", "supervised", "layer", "n", "seed", "accuracy", "accuracy_best_sign")
@@ -120,16 +120,16 @@ def _settings(config: TruthConfig) -> dict[str, Any]:
     return {key: value for key, value in as_dict(config).items() if key not in NOT_IN_SETTINGS}
 
 
-def _point_log(config: TruthConfig, out: Path) -> tuple[PointLog, dict[str, dict[str, Any]]]:
+def _point_log(config: TruthConfig, out: Path) -> tuple[points.PointLog, dict[str, dict[str, Any]]]:
     """The resumable log of finished (n, seed) fits (one JSON line each, as a study's points.jsonl)."""
-    done = read_points([out / POINTS_FILE] if (out / POINTS_FILE).is_file() else [])
+    done = points.read_points([out / points.POINTS_FILE] if (out / points.POINTS_FILE).is_file() else [])
     settings = _settings(config)
     for record in done.values():
         if record.get("settings") != settings:
             changed = sorted(k for k in settings if (record.get("settings") or {}).get(k) != settings[k])
             raise ConfigError(f"output_dir={str(out)!r} holds a truth study with other settings ({', '.join(changed)}"
                               "); its fits cannot be resumed. Use a new output_dir or restore those settings.")
-    return PointLog(out / POINTS_FILE), done
+    return points.PointLog(out / points.POINTS_FILE), done
 
 
 def _subset_index(train: list, n: int, seed: int) -> list[int]:
