@@ -513,9 +513,13 @@ def completion_token_counts(
     tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens in each pair's positive and negative completion, exactly as the preference metric scores them."""
-    positive = [encode(tokenizer, pair.prompt, pair.positive).completion_length for pair in pairs]
-    negative = [encode(tokenizer, pair.prompt, pair.negative).completion_length for pair in pairs]
+    positive = [_completion_length(encode(tokenizer, pair.prompt, pair.positive)) for pair in pairs]
+    negative = [_completion_length(encode(tokenizer, pair.prompt, pair.negative)) for pair in pairs]
     return torch.tensor(positive, dtype=torch.float64), torch.tensor(negative, dtype=torch.float64)
+
+
+def _completion_length(row: EncodedRow) -> int:
+    return len(row.ids) - row.prompt_length
 
 
 def per_token_margins(

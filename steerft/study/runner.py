@@ -26,6 +26,7 @@ from . import workers
 from .config import StudyConfig, fingerprint
 from .context import StudyContext, StudyData, eval_inputs, load_base_model, load_data, resolved_layers
 from .evaluate import measure
+from .judging import setup_judge
 from .methods import METHODS
 from .outputs import write_outputs
 from .points import POINTS_FILE, Point, PointLog, grid, log_path, log_paths, read_points, shard
@@ -128,7 +129,7 @@ def _context(config: StudyConfig, data: StudyData, out: Path) -> StudyContext:
     layers, train_layers = resolved_layers(config, model)
     neutral, general, generation = eval_inputs(config)
     return StudyContext(config, model, tokenizer, data, neutral, _references(model, tokenizer, neutral, config, out),
-                        general, generation, layers, train_layers)
+                        general, generation, layers, train_layers, judge=setup_judge(config, model, tokenizer, data.test))
 
 
 def _references(model, tokenizer, prompts: list[str], config: StudyConfig, out: Path) -> list[str]:
