@@ -202,12 +202,16 @@ def counting_tokens(models: Sequence[Any]) -> Iterator[dict[str, int]]:
             handle.remove()
 
 
-def _counting_collator(collator, counts: dict[str, int]):
-    def collate(features):
-        counts["examples"] += len(features)
-        return collator(features)
+def _counting_steps(training_step, counts: dict[str, int], rows_per_example: int):
+    """Count the examples of every micro-batch the trainer trains on (the collator is called ahead of
+    use by Accelerate's prefetching, so counting there would include a batch never trained on).
+    TRL's DPO collator stacks chosen and rejected rows: two rows per example."""
 
-    return collate
+    def step(model, inputs, *args, **kwargs):
+        counts["examples"] += len(inputs["input_ids"]) // rows_per_example
+        return training_step(model, inputs, *args, **kwargs)
+
+    return step
 
 
 def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
@@ -216,7 +220,7 @@ def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig
     trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
                             callbacks=callbacks, report_to=report_to)
     seen = {"examples": 0}
-    trainer.data_collator = _counting_collator(trainer.data_collator, seen)
+    trainer.training_step = _counting_steps(trainer.training_step, seen, 2 if method == "dpo" else 1)
     started = time.perf_counter()
     with counting_tokens([trainer.model, getattr(trainer, "ref_model", None)]) as tokens:
         trainer.train()

@@ -9,6 +9,7 @@ for DDP. Rank 0 then waits until every point is in some file, merges them and wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from ..jobs import startup
 from ..metrics import reference_continuations
 from ..runconfig import ConfigError, as_dict
 from . import workers
+from .across import write_across
 from .config import StudyConfig, fingerprint
 from .context import StudyContext, StudyData, eval_inputs, load_base_model, load_data, resolved_layers
 from .evaluate import measure
@@ -42,9 +44,27 @@ _DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GRO
 
 
 def run_study(config: StudyConfig) -> Path:
-    """Run (or resume) the n x method x seed grid on one behaviour dataset; returns its output folder."""
+    """Run (or resume) the n x method x seed grid on one behaviour dataset, or on each of `datasets`
+    (one subfolder per behaviour, and a summary across them); returns the output folder."""
     rank, world = _claim_rank()
     startup.set_threads(_threads(config))
+    if config.datasets is None:
+        return _run_behaviour(config, rank, world)
+    folders = {dataset: _run_behaviour(behaviour_config(config, dataset), rank, world) for dataset in config.datasets}
+    out = Path(config.output_dir)
+    if rank == 0:
+        write_across(config, folders, out)
+        print(f"steerft study {config.name}: wrote {out / 'report.md'} (across {', '.join(folders)})", flush=True)
+    return out
+
+
+def behaviour_config(config: StudyConfig, dataset: str) -> StudyConfig:
+    """The one-behaviour study of a `datasets:` study: same grid, its own name and subfolder."""
+    return dataclasses.replace(config, dataset=dataset, datasets=None, name=f"{config.name}-{dataset}",
+                               output_dir=str(Path(config.output_dir) / dataset))
+
+
+def _run_behaviour(config: StudyConfig, rank: int, world: int) -> Path:
     out = Path(config.output_dir)
     points = grid(config)
     data = load_data(config)
