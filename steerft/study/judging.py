@@ -19,6 +19,7 @@ recorded next to the summed one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,7 @@ def judged_metrics(ctx, scorable: Scorable, result: PreferenceResult, pairs: Seq
     study_judge: StudyJudge = ctx.judge
     if study_judge.judge is None:
         return record | {"judged": {"skipped": study_judge.refused}}
+    started = time.perf_counter()
     replies = judge_generations(scorable.model, ctx.tokenizer, judge_prompts(ctx), study_judge.judge,
                                 formatter=scorable.fmt, demonstrations=scorable.demonstrations,
                                 settings=sampling(ctx.config), base_model=ctx.model,
@@ -120,4 +122,4 @@ def judged_metrics(ctx, scorable: Scorable, result: PreferenceResult, pairs: Seq
     scores = summarise_judged(replies, reference_loglik=study_judge.reference_loglik)
     per_prompt = {name: scores.per_prompt[name].tolist() for name in GENERATION_METRICS}
     return record | {"judged": {"prompt_ids": scores.prompt_ids, "per_prompt": per_prompt, **scores.summary(),
-                                **study_judge.summary}}
+                                **study_judge.summary, "wall_time_s": time.perf_counter() - started}}

@@ -172,7 +172,13 @@ def _caa_on_lora(ctx: StudyContext, n: int, seed: int) -> Scorable:
     vector = vectors[choice.best.layer]
     return Scorable(_steered(ctx, merged, vector, choice), ctx.fmt, params=trainable_params(lora) + vector.numel(),
                     choice={**_vector_record(choice, vector), "learning_rate": tuned.chosen.learning_rate,
-                            "budget": tuned.chosen.budget.as_dict(), "compute": tuned.record()["compute"]})
+                            "budget": tuned.chosen.budget.as_dict(),
+                            "compute": _plus(tuned.record()["compute"], _extraction_record(ctx, n, seed)["compute"])})
+
+
+def _plus(training: dict, extraction: dict) -> dict:
+    """The compute of a stacked method: its training grid plus the extraction pass of its vector."""
+    return {**training, **{key: training[key] + extraction[key] for key in ("tokens_forward", "tokens_backward")}}
 
 
 METHODS: dict[str, Method] = {method.name: method for method in (
