@@ -97,7 +97,7 @@ class TrainSettings:
     def budget(self) -> str:
         """The training budget in words, for the report."""
         if self.fixed_steps is not None:
-            return f"{self.fixed_steps} optimiser steps at every n, batch {self.batch_size()}"
+            return f"{self.fixed_steps} optimiser steps (fixed), batch {self.batch_size()}"
         return (f"{self.epochs:g} epochs over the n items, at least {self.min_steps} optimiser steps, "
                 f"batch {self.batch_size()}")
 

@@ -137,9 +137,10 @@ def _judge_section(ledger: dict[str, Any]) -> str:
     judge = ledger["judge"]
     if "skipped" in judge:
         return f"## Behaviour on generations\n\n> **JUDGING SKIPPED:** {judge['skipped']}"
-    head = (f"## Behaviour on generations\n\nJudge: {judge.get('judge')} (fitted on the validation split), held-out "
-            f"accuracy {judge.get('judge_heldout_accuracy', float('nan')):.3f} [{judge.get('judge_heldout_ci_low', 0):.3f}, "
-            f"{judge.get('judge_heldout_ci_high', 1):.3f}] on {judge.get('judge_heldout_n')} completions. Replies sampled "
+    low, high = judge.get("judge_heldout_ci_low", 0.0), judge.get("judge_heldout_ci_high", 1.0)
+    head = (f"## Behaviour on generations\n\nJudge: {judge.get('judge')} (checked on the validation split), held-out "
+            f"accuracy {judge.get('judge_heldout_accuracy', float('nan')):.3f} [{low:.3f}, {high:.3f}] on "
+            f"{judge.get('judge_heldout_n')} completions. Replies sampled "
             "for held-out test prompts under each method's own prompt; behaviour = the judge's p(behaviour); fluency = "
             "the base model's per-token likelihood relative to its own replies times (1 - repetition); aggregate = "
             "their harmonic mean per reply. Intervals: 95%, over prompts (and seeds); `Δ behaviour` and `per-token "

@@ -148,8 +148,9 @@ def _context(config: StudyConfig, data: StudyData, out: Path) -> StudyContext:
     model, tokenizer = load_base_model(config)
     layers, train_layers = resolved_layers(config, model)
     neutral, general, generation = eval_inputs(config)
+    judge = setup_judge(config, model, tokenizer, data.test)
     return StudyContext(config, model, tokenizer, data, neutral, _references(model, tokenizer, neutral, config, out),
-                        general, generation, layers, train_layers, judge=setup_judge(config, model, tokenizer, data.test))
+                        general, generation, layers, train_layers, judge=judge)
 
 
 def _references(model, tokenizer, prompts: list[str], config: StudyConfig, out: Path) -> list[str]:
