@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from torch import nn
@@ -58,7 +58,7 @@ class Tuned:
                 "compute": grid_compute(t.budget for t in self.trials)}
 
 
-def grid_compute(budgets: Iterator[TrainingBudget] | Sequence[TrainingBudget]) -> dict[str, float]:
+def grid_compute(budgets: Iterable[TrainingBudget]) -> dict[str, float]:
     """Tokens and training wall time summed over every run of a grid."""
     budgets = list(budgets)
     return {"tokens_forward": sum(b.tokens_forward for b in budgets),
@@ -118,7 +118,6 @@ def tune(ctx: StudyContext, items: list[BehaviourItem], seed: int, *, method: st
                 trials.append(trial)
                 if kept is None or best_of([kept.chosen.best, best], ctx.config.select_by).best is not kept.chosen.best:
                     kept = Tuned(model, trial, trials)
-    kept.trials = trials
     return kept
 
 
