@@ -11,11 +11,15 @@ steerft's defaults (`build_trainer`); the `trainer:` section of a config is such
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import math
+import time
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -175,6 +179,89 @@ def _frozen_copy(model):
     return reference
 
 
+def epoch_steps(n_rows: int, *, epochs: float, min_steps: int, batch_size: int) -> int:
+    """Optimizer steps for `epochs` passes over `n_rows` rows, at least `min_steps` (tiny n still trains).
+
+    This is the budget that grows with the training set: max(min_steps, ceil(epochs * n / batch)).
+    """
+    if n_rows < 1 or epochs <= 0 or min_steps < 0 or batch_size < 1:
+        raise ValueError(f"epoch_steps needs n_rows >= 1, epochs > 0, min_steps >= 0, batch_size >= 1; got "
+                         f"{n_rows}, {epochs}, {min_steps}, {batch_size}.")
+    return max(min_steps, math.ceil(epochs * n_rows / batch_size))
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """What one training run actually cost, as counted while it ran (not as configured).
+
+    `steps` is the trainer's optimizer step count; `examples` the training rows its collator batched;
+    `tokens_forward` every token position fed to the model (padding included: it costs compute),
+    reference-model passes of DPO included; `tokens_backward` those of forward passes that built a
+    graph for backward (a steering vector at block L back-propagates only above L, so for it this
+    is an upper bound on backward work).
+    """
+
+    steps: int
+    examples: int
+    tokens_forward: int
+    tokens_backward: int
+    wall_time_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def counting_tokens(models: Sequence[Any]) -> Iterator[dict[str, int]]:
+    """Count token positions entering each model's input embeddings while the block runs.
+
+    Yields {"forward": ..., "backward": ...}; a pass counts as backward when autograd is recording.
+    """
+    counts = {"forward": 0, "backward": 0}
+
+    def hook(module, args, output) -> None:
+        tokens = args[0].numel()
+        counts["forward"] += tokens
+        if torch.is_grad_enabled():
+            counts["backward"] += tokens
+
+    embeddings = {id(m.get_input_embeddings()): m.get_input_embeddings() for m in models if m is not None}
+    handles = [module.register_forward_hook(hook) for module in embeddings.values()]
+    try:
+        yield counts
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _counting_steps(training_step, counts: dict[str, int], rows_per_example: int):
+    """Count the examples of every micro-batch the trainer trains on (the collator is called ahead of
+    use by Accelerate's prefetching, so counting there would include a batch never trained on).
+    TRL's DPO collator stacks chosen and rejected rows: two rows per example."""
+
+    def step(model, inputs, *args, **kwargs):
+        counts["examples"] += len(inputs["input_ids"]) // rows_per_example
+        return training_step(model, inputs, *args, **kwargs)
+
+    return step
+
+
+def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
+                 callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = ()):
+    """`fit`, also returning the `TrainingBudget` the run actually used."""
+    trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
+                            callbacks=callbacks, report_to=report_to)
+    seen = {"examples": 0}
+    trainer.training_step = _counting_steps(trainer.training_step, seen, 2 if method == "dpo" else 1)
+    started = time.perf_counter()
+    with counting_tokens([trainer.model, getattr(trainer, "ref_model", None)]) as tokens:
+        trainer.train()
+    budget = TrainingBudget(steps=trainer.state.global_step, examples=seen["examples"],
+                            tokens_forward=tokens["forward"], tokens_backward=tokens["backward"],
+                            wall_time_s=time.perf_counter() - started)
+    return trainer.model, budget
+
+
 def fit(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
         callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = ()):
     """Train `model` on `rows` with SFT or DPO and return the trained model (a PeftModel unless full).
@@ -183,7 +270,5 @@ def fit(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, 
     are SFTConfig/DPOConfig keys over `TRAINER_DEFAULTS`. `report_to=tracking.report_to(True)` logs
     into the active W&B run.
     """
-    trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
-                            callbacks=callbacks, report_to=report_to)
-    trainer.train()
-    return trainer.model
+    return fit_measured(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
+                        callbacks=callbacks, report_to=report_to)[0]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..data import BehaviourDataError, Splits, load_behaviour, split_items
+from ..data import BehaviourDataError, Splits, load_behaviour, load_held_out_ids, split_items
 from ..models import ModelNotAvailableError, load_model
 from ..runconfig import ConfigError
 from ..tuner import block_indices
@@ -27,10 +27,13 @@ def set_threads(threads: int | None) -> None:
 
 
 def load_splits(config, loader: Callable = load_behaviour):
-    """The config's dataset (keys dataset, fields, split_seed, val_frac, test_frac) and its fixed splits."""
+    """The config's dataset (keys dataset, fields, split_seed, val_frac, test_frac, split_file) and its fixed splits."""
     try:
         dataset = loader(config.dataset, fields=config.fields)
-        splits: Splits = split_items(dataset.items, config.split_seed, config.val_frac, config.test_frac)
+        split_file = getattr(config, "split_file", None)  # a study option: test/validation ids fixed by the user
+        held_out = load_held_out_ids(split_file) if split_file else None
+        splits: Splits = split_items(dataset.items, config.split_seed, config.val_frac, config.test_frac,
+                                     held_out=held_out)
     except BehaviourDataError as err:
         raise ConfigError(f"dataset={config.dataset!r}: {err}") from err
     return dataset, splits

@@ -14,7 +14,8 @@ from ..adapter import AdapterSpec, default_learning_rate
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict
 from ..training import METHODS as TRAINING_METHODS
-from ..training import TRAINER_DEFAULTS, check_trainer, for_method
+from ..extract.activations import REDUCTIONS
+from ..training import TRAINER_DEFAULTS, check_trainer, epoch_steps, for_method
 from ..tuner import POSITIONS
 from .methods import METHODS
 
@@ -25,39 +26,92 @@ DEFAULT_METHODS = ["none", "random", "caa", "steer-sft", "lora-sft", "system-pro
 # Keys that say how a study runs or reports, not what it measures: a finished point stays valid
 # when they change, and the grid axes may grow (more n, seeds or methods) on a resumed study.
 NOT_IN_FINGERPRINT = ("name", "methods", "n", "seeds", "output_dir", "wandb", "wandb_project", "threads",
-                      "workers")
+                      "workers", "datasets")
+JUDGE_KINDS = ("fitted", "classifier", "none")
 
 
-STUDY_TRAINER_DEFAULTS = {"max_steps": 16}  # a fixed budget at every n (max_steps: -1 trains num_train_epochs)
+# Learning-rate grids per adapter kind, tried on validation where neither `train.learning_rates`
+# nor `trainer.learning_rate` names one: around steerft.adapter's defaults, one step either side.
+DEFAULT_LEARNING_RATE_GRIDS: dict[str, list[float]] = {"steer": [0.03, 0.1], "lora": [1e-3, 5e-3],
+                                                       "full": [1e-5, 5e-5]}
 
 
 @dataclass
 class TrainSettings:
-    """How the trained methods (steer-*, lora-*, full-sft) are trained; the same for every n.
+    """How the trained methods (steer-*, lora-*, full-sft) are trained and tuned.
 
     `adapter` and `trainer` are the sections of a train config: the method name sets the adapter
     kind, a steering vector is trained at each of `adapter.layers` (each is tried), and `trainer`
     holds TRL's SFTConfig / DPOConfig keys (each method gets the keys its config has).
+
+    Budget: `epochs` passes over the n items, at least `min_steps` optimizer steps, so training
+    grows with n; `trainer.max_steps` > 0 fixes the same step count at every n instead.
+    Tuning: every learning rate of the adapter kind's grid (and, for DPO, every `betas` value) is
+    trained and scored on validation; the best is kept. `trainer.learning_rate` / `trainer.beta`
+    pin one value.
     """
 
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
-    trainer: dict = field(default_factory=dict)  # over STUDY_TRAINER_DEFAULTS and steerft.training's
-    # learning rate per adapter kind (steer, lora, full) where `trainer.learning_rate` is unset;
-    # a kind not named here gets steerft.adapter.default_learning_rate
-    learning_rates: dict[str, float] = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)  # over steerft.training's TRAINER_DEFAULTS
+    epochs: float = 3.0
+    min_steps: int = 4
+    # learning-rate grid per adapter kind (steer, lora, full); a scalar is a one-value grid;
+    # kinds not named get DEFAULT_LEARNING_RATE_GRIDS
+    learning_rates: dict[str, list[float]] = field(default_factory=dict)
+    betas: list[float] = field(default_factory=lambda: [0.1])  # DPO beta grid
     multipliers: list[float] = field(default_factory=lambda: [1.0, 2.0])  # inference scales of trained vectors
 
-    def trainer_args(self, method: str, kind: str) -> dict:
-        """The TRL settings of one trained method (`method` sft or dpo, adapter `kind`)."""
-        learning_rate = self.learning_rates.get(kind, default_learning_rate(kind))
-        return {**STUDY_TRAINER_DEFAULTS, "learning_rate": learning_rate, **for_method(self.trainer, method)}
+    @property
+    def fixed_steps(self) -> int | None:
+        """`trainer.max_steps` when the config fixes the step budget, else None (epoch budget)."""
+        steps = self.trainer.get("max_steps", -1)
+        return steps if steps > 0 else None
+
+    def batch_size(self) -> int:
+        trainer = {**TRAINER_DEFAULTS, **self.trainer}
+        return trainer["per_device_train_batch_size"] * trainer.get("gradient_accumulation_steps", 1)
+
+    def steps(self, n_rows: int) -> int:
+        """Optimizer steps for a training set of `n_rows` rows."""
+        if self.fixed_steps is not None:
+            return self.fixed_steps
+        return epoch_steps(n_rows, epochs=self.epochs, min_steps=self.min_steps, batch_size=self.batch_size())
+
+    def learning_rate_grid(self, kind: str) -> list[float]:
+        if "learning_rate" in self.trainer:
+            return [self.trainer["learning_rate"]]
+        return list(self.learning_rates.get(kind) or DEFAULT_LEARNING_RATE_GRIDS.get(kind)
+                    or [default_learning_rate(kind)])
+
+    def beta_grid(self, method: str) -> list[float | None]:
+        """DPO's beta values to try; [None] for SFT, which has no beta."""
+        if method != "dpo":
+            return [None]
+        return [self.trainer["beta"]] if "beta" in self.trainer else list(self.betas)
+
+    def trainer_args(self, method: str, n_rows: int, learning_rate: float, beta: float | None = None) -> dict:
+        """The TRL settings of one training run (`method` sft or dpo) on `n_rows` rows."""
+        args = {**for_method(self.trainer, method), "learning_rate": learning_rate, "max_steps": self.steps(n_rows)}
+        return args if beta is None else {**args, "beta": beta}
 
     def budget(self) -> str:
         """The training budget in words, for the report."""
-        trainer = {**TRAINER_DEFAULTS, **STUDY_TRAINER_DEFAULTS, **self.trainer}
-        steps, batch = trainer["max_steps"], trainer["per_device_train_batch_size"]
-        spent = f"{steps} optimiser steps" if steps > 0 else f"{trainer.get('num_train_epochs', 3.0):g} epochs"
-        return f"{spent}, batch {batch}"
+        if self.fixed_steps is not None:
+            return f"{self.fixed_steps} optimiser steps (fixed), batch {self.batch_size()}"
+        return (f"{self.epochs:g} epochs over the n items, at least {self.min_steps} optimiser steps, "
+                f"batch {self.batch_size()}")
+
+
+@dataclass
+class JudgeSettings:
+    """The generation judge: `fitted` (default; a probe on the base model, fitted on the validation
+    split's labeled completions), `classifier` (a local or hub sequence classifier named by
+    `name_or_path`, `label` = its behaviour class), or `none`."""
+
+    kind: str = "fitted"
+    name_or_path: str | None = None
+    label: int | str = 1
+    layer: int | None = None  # fitted judge: the block it reads (null: the middle one)
 
 
 @dataclass
@@ -72,6 +126,9 @@ class EvalSettings:
     reference_tokens: int = 16  # length of the base model's continuations the KL runs along
     generation_tokens: int = 32
     batch_size: int = 16
+    judge_prompts: int | None = 8  # held-out (test) prompts whose sampled replies the judge scores
+    judge_samples: int = 2  # replies sampled per prompt
+    judge_tokens: int = 32  # tokens per sampled reply
 
 
 @dataclass
@@ -81,6 +138,8 @@ class StudyConfig:
     name: str = "study"  # W&B group and report title
     model: str = DEFAULT_MODEL
     dataset: str = "sentiment"
+    datasets: list[str] | None = None  # several behaviours, one study: the grid runs on each (overrides `dataset`)
+    split_file: str | None = None  # JSON {"test": [ids], "validation": [ids]} fixing the held-out splits
     fields: dict | None = None  # column renames, as for load_behaviour
     system_prompt: str | None = None  # for system-prompt methods; null: the dataset's own
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # `none` is always added
@@ -93,9 +152,11 @@ class StudyConfig:
     multipliers: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # candidate scales of extracted vectors
     select_by: str = "mean_margin"  # validation criterion for layer and multiplier
     positions: str = "all"  # tokens steered by every vector method
+    caa_reduce: str = "mean"  # extracted vectors read the mean over the completion, or its `last` token
     max_demonstrations: int = 8  # few-shot: at most this many of the n items as demonstrations
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
     output_dir: str = "runs/study"
     wandb: bool = True
     wandb_project: str = "steerft"
@@ -131,15 +192,47 @@ def check(config: StudyConfig) -> None:
     if config.train.adapter.peft is not None or config.train.adapter.kind != AdapterSpec.kind:
         raise ConfigError("train.adapter.kind / train.adapter.peft: a study's method names set the adapter kind "
                           "(steer-*, lora-*, full-sft); drop the key.")
-    config.train.trainer = check_trainer(config.train.trainer, TRAINING_METHODS, where="train.trainer")
-    for kind, rate in config.train.learning_rates.items():
+    if config.caa_reduce not in REDUCTIONS:
+        raise ConfigError(f"caa_reduce={config.caa_reduce!r}; allowed values: {', '.join(REDUCTIONS)}.")
+    if config.datasets is not None:
+        _non_empty_unique("datasets", config.datasets)
+        if config.split_file is not None:
+            raise ConfigError("split_file names the ids of one dataset; with `datasets:` run each behaviour as its "
+                              "own study to fix its split (or drop split_file).")
+    _check_train(config.train)
+    _check_judge(config.judge)
+    _positive(config, ("max_demonstrations", "threads", "workers"))
+    _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
+
+
+def _check_train(train: TrainSettings) -> None:
+    train.trainer = check_trainer(train.trainer, TRAINING_METHODS, where="train.trainer")
+    if "num_train_epochs" in train.trainer:
+        raise ConfigError("train.trainer.num_train_epochs: a study sets the budget with train.epochs and "
+                          "train.min_steps (or a fixed train.trainer.max_steps); move the value to train.epochs.")
+    if not train.epochs > 0 or train.min_steps < 0:
+        raise ConfigError(f"train.epochs={train.epochs!r} must be positive and train.min_steps={train.min_steps!r} "
+                          ">= 0.")
+    for kind, rates in list(train.learning_rates.items()):
         if kind not in ADAPTER_KINDS:
             raise ConfigError(f"train.learning_rates.{kind}: not an adapter kind; allowed keys: "
                               f"{', '.join(ADAPTER_KINDS)}.")
-        if not rate > 0:
-            raise ConfigError(f"train.learning_rates.{kind}={rate!r} must be positive.")
-    _positive(config, ("max_demonstrations", "threads", "workers"))
-    _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
+        rates = rates if isinstance(rates, list) else [rates]
+        if not rates or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates):
+            raise ConfigError(f"train.learning_rates.{kind}={rates!r}: give a positive number or a list of them.")
+        _non_empty_unique(f"train.learning_rates.{kind}", rates)
+        train.learning_rates[kind] = [float(r) for r in rates]
+    _non_empty_unique("train.betas", train.betas)
+    if not all(b > 0 for b in train.betas):
+        raise ConfigError(f"train.betas={train.betas}: every DPO beta must be positive.")
+
+
+def _check_judge(judge: JudgeSettings) -> None:
+    if judge.kind not in JUDGE_KINDS:
+        raise ConfigError(f"judge.kind={judge.kind!r}; allowed values: {', '.join(JUDGE_KINDS)}.")
+    if (judge.kind == "classifier") != (judge.name_or_path is not None):
+        raise ConfigError("judge.name_or_path names the classifier of judge.kind: classifier, and only it; "
+                          "set both or neither.")
 
 
 def _non_empty_unique(key: str, values: list) -> None:

@@ -71,6 +71,7 @@ class StudyContext:
     generation_prompts: list[str]
     layers: list[int]  # candidate layers of extracted vectors (block indices)
     train_layers: list[int]  # layers trained vectors are trained at
+    judge: Any = None  # the study's generation judge (steerft.study.judging.StudyJudge), made once
     memo: dict[Hashable, Any] = field(default_factory=dict)
 
     @property

@@ -29,6 +29,7 @@ from ..metrics import (
     shared_prompt_logprobs,
 )
 from .context import GENERAL_TEXT_REQUEST, StudyContext
+from .judging import judged_metrics
 from .scorable import Scorable
 
 TEST_METRIC = "test completion preference"
@@ -62,6 +63,7 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
         "generations": generate_samples(model, tokenizer, [scorable.prompt(p) for p in ctx.generation_prompts],
                                         max_new_tokens=ctx.config.eval.generation_tokens, batch_size=batch_size),
         **record,
+        **judged_metrics(ctx, scorable, result, pairs),  # steerft.study.judging: judged generations, per-token margins
     }
 
 

@@ -9,13 +9,10 @@ memoised in the context, so e.g. `random` reuses the CAA vector's layer, norm an
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -23,11 +20,11 @@ from torch import nn
 
 from ..data import BehaviourItem, contrast_pairs, training_subset
 from ..extract import PairActivations, estimate, pair_activations
-from ..adapter import peft_config
-from ..training import fit, training_rows
+from ..training import counting_tokens
 from .context import StudyContext
 from .scorable import Scorable, attach, trainable_params
-from .select import Choice, best_of, choose_steering, multipliers_on
+from .select import Candidate, Choice, choose_steering, multipliers_on
+from .tuning import Tuned, tune, validate_as_is
 
 FAMILIES = ("baseline", "steering", "finetuning", "prompting", "stacked")
 
@@ -52,16 +49,27 @@ def subset(ctx: StudyContext, n: int, seed: int) -> list[BehaviourItem]:
     return training_subset(ctx.data.train, n, seed)
 
 
-def _activations(ctx: StudyContext, n: int, seed: int) -> PairActivations:
-    """Activations of the n training pairs at every candidate layer, in one early-exit pass."""
-    return ctx.remember(("activations", n, seed), lambda: pair_activations(
-        ctx.model, ctx.tokenizer, contrast_pairs(subset(ctx, n, seed), ctx.fmt), ctx.layers,
-        batch_size=ctx.config.eval.batch_size))
+def _activations(ctx: StudyContext, n: int, seed: int) -> tuple[PairActivations, dict[str, int]]:
+    """Activations of the n training pairs at every candidate layer, in one early-exit pass, read
+    with `caa_reduce` (mean over the completion or its last token); and the tokens that pass read."""
+
+    def read() -> tuple[PairActivations, dict[str, int]]:
+        with counting_tokens([ctx.model]) as tokens:
+            acts = pair_activations(ctx.model, ctx.tokenizer, contrast_pairs(subset(ctx, n, seed), ctx.fmt),
+                                    ctx.layers, reduce=ctx.config.caa_reduce, batch_size=ctx.config.eval.batch_size)
+        return acts, {"tokens_forward": tokens["forward"], "tokens_backward": 0}
+
+    return ctx.remember(("activations", n, seed), read)
 
 
 def _vectors(ctx: StudyContext, n: int, seed: int, estimator: str) -> dict[int, torch.Tensor]:
-    acts = _activations(ctx, n, seed)
+    acts, _ = _activations(ctx, n, seed)
     return {layer: estimate(estimator, *acts.at(layer)).vector for layer in ctx.layers}
+
+
+def _extraction_record(ctx: StudyContext, n: int, seed: int) -> dict:
+    """How the vector was read (recorded with the point) and what reading it cost."""
+    return {"caa_reduce": ctx.config.caa_reduce, "compute": _activations(ctx, n, seed)[1]}
 
 
 def _base_choice(ctx: StudyContext, n: int, seed: int, estimator: str) -> Choice:
@@ -78,41 +86,11 @@ def _vector_record(choice: Choice, vector: torch.Tensor) -> dict:
     return {**choice.as_dict(), "vector_norm": float(vector.norm())}
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep TRL's dataset progress bars and final metrics print out of the study's progress lines."""
-    import datasets
-
-    was_disabled = datasets.utils.are_progress_bars_disabled()
-    datasets.utils.disable_progress_bars()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        if not was_disabled:
-            datasets.utils.enable_progress_bars()
-
-
-def train(ctx: StudyContext, items: list[BehaviourItem], seed: int, *, method: str, adapter: str,
-          layer: int | None = None) -> nn.Module:
-    """SFT or DPO of a steer, LoRA or full adapter on a copy of the base model (steerft.training.fit)."""
-    from transformers import set_seed
-
-    settings = ctx.config.train
-    spec = replace(settings.adapter, kind=adapter, layers=[layer if layer is not None else ctx.train_layers[0]],
-                   positions=ctx.config.positions)
-    set_seed(seed)  # TRL initialises LoRA weights before the trainer seeds itself
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        args = {**settings.trainer_args(method, adapter), "output_dir": tmp, "seed": seed, "disable_tqdm": True,
-                "logging_strategy": "no"}
-        model = fit(ctx.fresh_model(), ctx.tokenizer, training_rows(method, items, ctx.fmt), method=method,
-                    peft_config=peft_config(spec), args=args)
-    return model.eval()
-
-
-def _trained(ctx: StudyContext, n: int, seed: int, method: str, adapter: str) -> nn.Module:
-    return ctx.remember(("trained", method, adapter, n, seed),
-                        lambda: train(ctx, subset(ctx, n, seed), seed, method=method, adapter=adapter))
+def _trained(ctx: StudyContext, n: int, seed: int, method: str, adapter: str) -> Tuned:
+    """A fine-tuned model whose learning rate (and DPO beta) was chosen on validation."""
+    return ctx.remember(("trained", method, adapter, n, seed), lambda: tune(
+        ctx, subset(ctx, n, seed), seed, method=method, adapter=adapter, layers=ctx.train_layers[:1],
+        validate=validate_as_is(ctx)))
 
 
 # --------------------------------------------------------------------------- builders
@@ -137,7 +115,8 @@ def _extracted(ctx: StudyContext, n: int, seed: int, *, estimator: str) -> Scora
     choice = _base_choice(ctx, n, seed, estimator)
     vector = _vectors(ctx, n, seed, estimator)[choice.best.layer]
     return Scorable(_steered(ctx, ctx.fresh_model(), vector, choice), ctx.fmt, params=vector.numel(),
-                    choice={"estimator": estimator, **_vector_record(choice, vector)})
+                    choice={"estimator": estimator, **_vector_record(choice, vector),
+                            **_extraction_record(ctx, n, seed)})
 
 
 def _random(ctx: StudyContext, n: int, seed: int) -> Scorable:
@@ -148,26 +127,30 @@ def _random(ctx: StudyContext, n: int, seed: int) -> Scorable:
     direction = torch.randn(caa.shape, generator=generator)
     vector = direction / direction.norm() * caa.norm()
     return Scorable(_steered(ctx, ctx.fresh_model(), vector, choice), ctx.fmt, params=vector.numel(),
-                    choice={**_vector_record(choice, vector), "matched_to": "caa"})
+                    choice={**_vector_record(choice, vector), "matched_to": "caa",
+                            **_extraction_record(ctx, n, seed)})
 
 
 def _trained_vector(ctx: StudyContext, n: int, seed: int, *, method: str) -> Scorable:
-    """A vector trained at each of train.layers; its layer and multiplier chosen on validation."""
-    items = subset(ctx, n, seed)
-    models, candidates = {}, []
-    for layer in ctx.train_layers:
-        models[layer] = train(ctx, items, seed, method=method, adapter="steer", layer=layer)
-        candidates += multipliers_on(ctx, models[layer], ctx.fmt, layer, ctx.config.train.multipliers)
-    choice = best_of(candidates, ctx.config.select_by)
-    model = models[choice.best.layer]
-    model.set_multiplier(choice.best.multiplier)
-    vector = model.get_vectors()[choice.best.layer]
-    return Scorable(model, ctx.fmt, params=trainable_params(model), choice=_vector_record(choice, vector))
+    """A vector trained at each of train.layers and each grid learning rate (and beta); the layer,
+    learning rate and multiplier chosen on validation."""
+
+    def validate(model: nn.Module, layer: int) -> list[Candidate]:
+        return multipliers_on(ctx, model, ctx.fmt, layer, ctx.config.train.multipliers)
+
+    tuned = tune(ctx, subset(ctx, n, seed), seed, method=method, adapter="steer", layers=ctx.train_layers,
+                 validate=validate)
+    model, best = tuned.model, tuned.chosen.best
+    model.set_multiplier(best.multiplier)
+    vector = model.get_vectors()[best.layer]
+    choice = Choice(best, tuple(c for trial in tuned.trials for c in trial.candidates))
+    return Scorable(model, ctx.fmt, params=trainable_params(model),
+                    choice={**_vector_record(choice, vector), **tuned.record()})
 
 
 def _fine_tuned(ctx: StudyContext, n: int, seed: int, *, method: str, adapter: str) -> Scorable:
-    model = _trained(ctx, n, seed, method, adapter)
-    return Scorable(model, ctx.fmt, params=trainable_params(model))
+    tuned = _trained(ctx, n, seed, method, adapter)
+    return Scorable(tuned.model, ctx.fmt, params=trainable_params(tuned.model), choice=tuned.record())
 
 
 def _caa_on_system_prompt(ctx: StudyContext, n: int, seed: int) -> Scorable:
@@ -181,13 +164,21 @@ def _caa_on_system_prompt(ctx: StudyContext, n: int, seed: int) -> Scorable:
 
 def _caa_on_lora(ctx: StudyContext, n: int, seed: int) -> Scorable:
     """The base model's CAA vector on top of the merged LoRA-SFT model of the same (n, seed)."""
-    lora = _trained(ctx, n, seed, "sft", "lora")
+    tuned = _trained(ctx, n, seed, "sft", "lora")
+    lora = tuned.model
     merged = copy.deepcopy(lora).merge_and_unload()
     vectors = _vectors(ctx, n, seed, "mean_diff")
     choice = choose_steering(ctx, merged, ctx.fmt, vectors)
     vector = vectors[choice.best.layer]
     return Scorable(_steered(ctx, merged, vector, choice), ctx.fmt, params=trainable_params(lora) + vector.numel(),
-                    choice=_vector_record(choice, vector))
+                    choice={**_vector_record(choice, vector), "learning_rate": tuned.chosen.learning_rate,
+                            "budget": tuned.chosen.budget.as_dict(),
+                            "compute": _plus(tuned.record()["compute"], _extraction_record(ctx, n, seed)["compute"])})
+
+
+def _plus(training: dict, extraction: dict) -> dict:
+    """The compute of a stacked method: its training grid plus the extraction pass of its vector."""
+    return {**training, **{key: training[key] + extraction[key] for key in ("tokens_forward", "tokens_backward")}}
 
 
 METHODS: dict[str, Method] = {method.name: method for method in (

@@ -19,7 +19,8 @@ from ..io import atomic_dir, write_json, write_text
 from ..metrics import anti_steerable_fraction, mean_ci95
 from .config import StudyConfig, effective_methods
 from .context import eval_inputs
-from .plots import plot_curves, plot_side_effects
+from .ledger import ledger_summary
+from .plots import plot_compute, plot_curves, plot_side_effects
 from .points import Point
 from .report import render_report
 
@@ -39,10 +40,12 @@ def write_outputs(config: StudyConfig, points: Sequence[Point], records: dict[st
     Returns the rows and the summary, for W&B (`wandb_log.log_study`)."""
     rows = point_rows(points, records)
     summary = summarise(config, rows, records)
+    summary["ledger"] = ledger_summary(points, records)  # budget, compute, judged generations (steerft.study.ledger)
     write_text(out / "results.csv", _csv(rows))
     write_json(out / "summary.json", summary)
     plot_curves(summary, out / "curves.png")
     plot_side_effects(summary, out / "side_effects.png")
+    plot_compute(summary, out / "compute.png")
     _write_generations(config, points, records, out / "generations")
     write_text(out / "report.md", render_report(config, summary, rows))
     return rows, summary

@@ -30,6 +30,29 @@ def plot_side_effects(summary: dict[str, Any], path: Path) -> Path:
     return _save(figure, path)
 
 
+def plot_compute(summary: dict[str, Any], path: Path) -> Path:
+    """Effect against n beside effect against the compute that built each point (forward + backward
+    tokens, `summary["ledger"]`); methods that cost no building compute are horizontal lines there."""
+    figure, axes = _figure(2)
+    _panel(axes[0], summary, "effect", "effect on test mean margin (nats)")
+    axis = axes[1]
+    for i, (name, entry) in enumerate(summary["methods"].items()):
+        style = BASELINE_STYLE.get(name, dict(color=f"C{i % 10}", linestyle="-"))
+        costs = summary["ledger"]["methods"][name]
+        points = sorted((costs[n]["compute_tokens"], stats["effect"]["mean"]) for n, stats in entry["by_n"].items())
+        if all(tokens == 0 for tokens, _ in points):
+            axis.axhline(sum(e for _, e in points) / len(points), label=f"{name} (no building compute)",
+                         linewidth=1.2, **{**style, "linestyle": "-."})
+            continue
+        axis.plot([t for t, _ in points], [e for _, e in points], marker="o", label=name, **style)
+    axis.set_xscale("log")
+    axis.set_xlabel("compute to build the point (forward + backward tokens)")
+    axis.set_ylabel("effect on test mean margin (nats)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
 def _figure(panels: int):
     import matplotlib
 

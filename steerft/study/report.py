@@ -12,13 +12,15 @@ from typing import Any
 
 from .config import StudyConfig
 from .context import GENERAL_TEXT_REQUEST
+from .ledger import ledger_sections
 
 Stats = dict[str, float]
 
 
 def render_report(config: StudyConfig, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     sections = [_header(config, summary), _baseline(summary), _effects(summary), _costs(summary, rows),
-                _crossover(summary), _choices(rows), _definitions(config, list(summary["methods"]))]
+                _crossover(summary), _choices(rows), ledger_sections(summary["ledger"]),
+                _definitions(config, list(summary["methods"]))]
     return "\n\n".join(sections) + "\n"
 
 

@@ -10,6 +10,7 @@ for DDP. Rank 0 then waits until every point is in some file, merges them and wr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -26,9 +27,11 @@ from ..jobs import startup
 from ..metrics import reference_continuations
 from ..runconfig import ConfigError, as_dict, non_negative
 from . import workers
+from .across import write_across
 from .config import StudyConfig, fingerprint
 from .context import StudyContext, StudyData, eval_inputs, load_base_model, load_data, resolved_layers
 from .evaluate import measure
+from .judging import setup_judge
 from .methods import METHODS
 from .outputs import write_outputs
 from .points import POINTS_FILE, Point, PointLog, grid, log_path, log_paths, read_points, shard
@@ -46,29 +49,48 @@ _DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GRO
 
 
 def run_study(config: StudyConfig) -> Path:
-    """Run (or resume) the n x method x seed grid on one behaviour dataset; returns its output folder."""
+    """Run (or resume) the n x method x seed grid on one behaviour dataset, or on each of `datasets`
+    (one subfolder per behaviour, and a summary across them); returns the output folder."""
     rank, world = _claim_rank()
     non_negative(config, "seeds", "split_seed")
     out = startup.check_output_dir(config.output_dir)
     with _study_lock(out) if rank == 0 and workers.assignment() is None else contextlib.nullcontext():
         startup.set_threads(_threads(config))
-        points = grid(config)
-        data = load_data(config)
-        _check_study_file(out, config, data)
-        spawned = []
-        if world == 1 and config.workers > 1:
-            world = config.workers
-            spawned = workers.spawn(config, world)
-        try:
-            _compute_share(config, data, points, out, rank, world)
-            if rank == 0:
-                records = _collect(points, out, spawned)
-                rows, summary = write_outputs(config, points, records, out)
-                if config.wandb:
-                    log_study(config, rows, summary, out)
-                print(f"steerft study {config.name}: wrote {out / 'report.md'}", flush=True)
-        finally:
-            workers.stop(spawned)
+        if config.datasets is None:
+            return _run_behaviour(config, rank, world)
+        folders = {dataset: _run_behaviour(behaviour_config(config, dataset), rank, world)
+                   for dataset in config.datasets}
+        if rank == 0:
+            write_across(config, folders, out)
+            print(f"steerft study {config.name}: wrote {out / 'report.md'} (across {', '.join(folders)})", flush=True)
+    return out
+
+
+def behaviour_config(config: StudyConfig, dataset: str) -> StudyConfig:
+    """The one-behaviour study of a `datasets:` study: same grid, its own name and subfolder."""
+    return dataclasses.replace(config, dataset=dataset, datasets=None, name=f"{config.name}-{dataset}",
+                               output_dir=str(Path(config.output_dir) / dataset))
+
+
+def _run_behaviour(config: StudyConfig, rank: int, world: int) -> Path:
+    out = Path(config.output_dir)
+    points = grid(config)
+    data = load_data(config)
+    _check_study_file(out, config, data)
+    spawned = []
+    if world == 1 and config.workers > 1:
+        world = config.workers
+        spawned = workers.spawn(config, world)
+    try:
+        _compute_share(config, data, points, out, rank, world)
+        if rank == 0:
+            records = _collect(points, out, spawned)
+            rows, summary = write_outputs(config, points, records, out)
+            if config.wandb:
+                log_study(config, rows, summary, out)
+            print(f"steerft study {config.name}: wrote {out / 'report.md'}", flush=True)
+    finally:
+        workers.stop(spawned)
     return out
 
 
@@ -172,8 +194,9 @@ def _context(config: StudyConfig, data: StudyData, out: Path) -> StudyContext:
     model, tokenizer = load_base_model(config)
     layers, train_layers = resolved_layers(config, model)
     neutral, general, generation = eval_inputs(config)
+    judge = setup_judge(config, model, tokenizer, data.test)
     return StudyContext(config, model, tokenizer, data, neutral, _references(model, tokenizer, neutral, config, out),
-                        general, generation, layers, train_layers)
+                        general, generation, layers, train_layers, judge=judge)
 
 
 def _references(model, tokenizer, prompts: list[str], config: StudyConfig, out: Path) -> list[str]:
