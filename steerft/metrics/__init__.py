@@ -14,6 +14,7 @@ from .judge import (
     ClassifierJudge,
     FittedJudge,
     GenerationScores,
+    HeldOutAccuracy,
     Judge,
     JudgedReply,
     JudgeError,
@@ -21,6 +22,7 @@ from .judge import (
     fit_judge,
     judge_generations,
     per_token_margins,
+    sample_replies,
     summarise_judged,
 )
 from .logprobs import completion_logprobs
@@ -44,6 +46,7 @@ __all__ = [
     "CompetenceVerdict",
     "FittedJudge",
     "GenerationScores",
+    "HeldOutAccuracy",
     "Interval",
     "Judge",
     "JudgeError",
@@ -73,6 +76,7 @@ __all__ = [
     "preference",
     "reference_continuations",
     "repetition_rate",
+    "sample_replies",
     "reply_loglik",
     "shared_prompt_logprobs",
     "site_logprobs",

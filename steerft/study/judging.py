@@ -28,11 +28,20 @@ import torch
 
 from ..data import BehaviourItem, ContrastPair, PromptFormatter
 from ..jobs import startup
-from ..metrics import (ClassifierJudge, JudgeError, fit_judge, judge_generations, per_token_margins,
-                       summarise_judged)
-from ..metrics.fluency import reply_loglik
-from ..metrics.judge import HeldOutAccuracy, Judge, SamplingSettings, sample_replies
-from ..metrics.preference import PreferenceResult
+from ..metrics import (
+    ClassifierJudge,
+    HeldOutAccuracy,
+    Judge,
+    JudgeError,
+    PreferenceResult,
+    SamplingSettings,
+    fit_judge,
+    judge_generations,
+    per_token_margins,
+    reply_loglik,
+    sample_replies,
+    summarise_judged,
+)
 from .scorable import Scorable
 
 REFUSE_ALPHA = 0.05  # a judge is used only if its held-out accuracy beats 0.5 at this level

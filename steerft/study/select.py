@@ -19,8 +19,7 @@ from torch import nn
 
 from ..batching import encode
 from ..data import PromptFormatter
-from ..metrics import Steering, preference, site_logprobs, supports_site_cache
-from ..metrics.preference import PreferenceResult
+from ..metrics import PreferenceResult, Steering, preference, site_logprobs, supports_site_cache
 from .context import StudyContext
 from .scorable import Scorable, steered
 
