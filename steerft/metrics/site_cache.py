@@ -193,11 +193,13 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 def supports_site_cache(model: nn.Module) -> bool:
     """Whether a replay of recorded blocks computes what the model computes.
 
-    Modules inside the blocks (LoRA layers included) run in the replay like in the full pass; a
-    steer layer does not, since it learns which tokens are completion from a hook on the block
-    stack, which a replay bypasses. A PeftModel wrapper is refused: score its base model.
+    Modules inside the blocks (LoRA layers included) run in the replay like in the full pass; an
+    enabled steer layer does not, since it learns which tokens are completion from a hook on the
+    block stack, which a replay bypasses (a disabled one adds nothing, so it is no obstacle). A
+    PeftModel wrapper is refused: score its base model.
     """
-    return (not isinstance(model, PeftModel) and not any(isinstance(m, SteerLayer) for m in model.modules())
+    return (not isinstance(model, PeftModel)
+            and not any(isinstance(m, SteerLayer) and not m.disable_adapters for m in model.modules())
             and final_norm(model) is not None and model.get_output_embeddings() is not None)
 
 
