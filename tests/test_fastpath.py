@@ -134,3 +134,150 @@ def test_reply_cross_entropy_runs_the_shared_request_once_and_matches_the_plain_
     sums, counts = summed_logprobs(model, rows, batch_size=2, pad=tokenizer.pad_token_id)
     got = reply_cross_entropy(scorable, tokenizer, texts, batch_size=2)
     assert got == pytest.approx((-sums.sum() / counts.sum()).item(), abs=1e-5)
+
+
+def _plain_kl(model, tokenizer, base_prompts, method_prompts, continuations, padding_side):
+    """KL(adapter-disabled || model) per the definition: one padded full forward, every position's logits, sliced."""
+    from steerft.batching import collate
+    from steerft.metrics._forward import inference, log_distributions
+
+    def distributions(prompts):
+        rows = [encode(tokenizer, p, c) for p, c in zip(prompts, continuations)]
+        return log_distributions(model, collate(rows, range(len(rows)), tokenizer.pad_token_id, padding_side))
+
+    with inference(model):
+        with model.disable_adapter():
+            base_logp, rows = distributions(base_prompts)
+        method_logp, _ = distributions(method_prompts)
+    base_logp, method_logp = base_logp.double(), method_logp.double()
+    kl = (base_logp.exp() * (base_logp - method_logp)).sum(-1)
+    return torch.stack([kl[rows == i].mean() for i in range(len(continuations))]).mean().item()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_kl_from_one_prompt_pass_matches_full_forwards(arch, padding_side, positions):
+    from steerft.metrics import kl_to_base
+
+    model, tokenizer = tiny_model(arch)
+    base_prompts = PROMPTS
+    method_prompts = ["Be brief. " + p for p in PROMPTS]
+    continuations = COMPLETIONS[:3]
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    with steered(model, {1: vector}, positions) as peft_model:
+        with peft_model.disable_adapter():
+            fast = kl_to_base(peft_model, tokenizer, base_prompts, method_prompts, continuations, batch_size=2)
+            plain = _plain_kl(peft_model, tokenizer, base_prompts, method_prompts, continuations, padding_side)
+        assert fast == pytest.approx(plain, abs=1e-5) and fast > 1e-4  # the prompts alone moved it
+        fast = kl_to_base(peft_model, tokenizer, base_prompts, base_prompts, continuations, batch_size=2)
+        plain = _plain_kl(peft_model, tokenizer, base_prompts, base_prompts, continuations, padding_side)
+    assert fast == pytest.approx(plain, abs=1e-5) and fast > 1e-4  # the vector moved it
+
+
+def test_a_precomputed_kl_reference_gives_the_same_kl_and_must_fit_the_continuations():
+    from steerft.metrics import kl_to_base
+    from steerft.metrics.side_effects import base_log_distributions
+
+    model, tokenizer = tiny_model("llama")
+    continuations = COMPLETIONS[:3]
+    with steered(model, {2: torch.ones(64)}, "all") as peft_model:
+        with peft_model.disable_adapter():  # the base kl_to_base uses (the bare model differs by float rounding)
+            reference = base_log_distributions(peft_model, tokenizer, PROMPTS, continuations, batch_size=2)
+        computed = kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, continuations, batch_size=2)
+        reused = kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, continuations, batch_size=2, reference=reference)
+        assert reused == computed > 1e-4
+        with pytest.raises(ValueError, match="reference does not match"):
+            kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, COMPLETIONS[1:4], reference=reference)
+
+
+def _study_context(model, tokenizer, items):
+    from steerft.study.context import StudyContext, StudyData
+
+    config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
+                             eval=SimpleNamespace(batch_size=3))
+    return StudyContext(config, model, tokenizer, StudyData(items, items[:2], items, None), PROMPTS[:2],
+                        [" yes indeed", " no"], ["A text."], PROMPTS[:1], [1], [1])
+
+
+def _items():
+    from steerft.data import BehaviourItem
+
+    return [BehaviourItem(id=str(i), prompt=p, matching="yes, gladly", not_matching="no thanks")
+            for i, p in enumerate(PROMPTS)]
+
+
+def test_base_scores_are_computed_once_per_study_and_equal_a_fresh_computation(monkeypatch):
+    from steerft.metrics import kl_to_base, preference
+    from steerft.study import context
+    from steerft.study.scorable import Scorable, attach
+
+    model, tokenizer = tiny_model("gpt2")
+    ctx = _study_context(model, tokenizer, _items())
+    calls = []
+    monkeypatch.setattr(context, "preference", lambda *a, **k: calls.append(1) or preference(*a, **k))
+    first = context.base_preference(ctx, "test")
+    ctx.memo.clear()  # what the runner does between (n, seed) groups
+    assert context.base_preference(ctx, "test") is first and len(calls) == 1
+    fresh = preference(model, tokenizer, Scorable(model, ctx.fmt).pairs(ctx.data.test), batch_size=3)
+    assert torch.equal(first.margins, fresh.margins)
+    assert context.base_preference(ctx, "val").n == 2 and len(calls) == 2
+    base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
+    assert context.base_kl_reference(ctx) is context.base_kl_reference(ctx)
+    vector = 10 * torch.randn(64, generator=torch.Generator().manual_seed(5))
+    method = attach(ctx.fresh_model(), {1: vector}, 1.0, "all")
+    assert kl_to_base(method, tokenizer, base_prompts, base_prompts, ctx.references, base_model=model,
+                      batch_size=3, reference=context.base_kl_reference(ctx)) == \
+        kl_to_base(method, tokenizer, base_prompts, base_prompts, ctx.references, base_model=model, batch_size=3) > 1e-4
+
+
+def _scored_one_by_one(ctx, model, fmt, multipliers):
+    """The plain path: the adapter attached, the validation items scored at each multiplier."""
+    from steerft.study import select
+    from steerft.study.scorable import Scorable
+
+    scores = []
+    for multiplier in multipliers:
+        with model.using_multiplier(multiplier):
+            scores.append(select.score(ctx, Scorable(model, fmt)))
+    return scores
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_trained_vector_multipliers_by_replay_equal_scoring_it_attached(arch, positions, monkeypatch):
+    from steerft.study import select
+    from steerft.study.scorable import attach
+
+    model, tokenizer = tiny_model(arch)
+    ctx = _study_context(model, tokenizer, _items())
+    trained = attach(tiny_model(arch)[0], {2: torch.randn(64, generator=torch.Generator().manual_seed(4))}, 1.0,
+                     positions)
+    replays = []
+    monkeypatch.setattr(select, "site_logprobs", lambda *a, **k: replays.append(1) or site_logprobs(*a, **k))
+    candidates = select.multipliers_on(ctx, trained, ctx.fmt, 2, [0.5, -2.0, 3.0])
+    assert replays and trained.peft_config["default"].multiplier == 1.0
+    plain = _scored_one_by_one(ctx, trained, ctx.fmt, [0.5, -2.0, 3.0])
+    assert [c.val_accuracy for c in candidates] == [accuracy for accuracy, _ in plain]
+    torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in candidates]),
+                               torch.tensor([margin for _, margin in plain]), rtol=0, atol=1e-4)
+    assert len({round(c.val_mean_margin, 3) for c in candidates}) == 3  # the multipliers did differ
+
+
+def test_multipliers_on_falls_back_to_attached_scoring_where_a_replay_cannot_apply(monkeypatch):
+    """Two steered blocks, or an ablation, are not one added vector: scored attached, same as before."""
+    from steerft.study import select
+    from steerft.study.scorable import attach
+    from steerft.tuner import SteerConfig
+    from peft import get_peft_model
+
+    model, tokenizer = tiny_model("llama")
+    ctx = _study_context(model, tokenizer, _items())
+    monkeypatch.setattr(select, "site_logprobs", lambda *a, **k: pytest.fail("replayed a model it cannot replay"))
+    two_blocks = attach(tiny_model("llama")[0], {1: torch.ones(64), 2: -torch.ones(64)}, 1.0, "all")
+    ablation = get_peft_model(tiny_model("llama")[0], SteerConfig(layers=[1], operator="ablate_add",
+                                                                  init={1: torch.ones(64)}))
+    for steered_model in (two_blocks, ablation):
+        candidates = select.multipliers_on(ctx, steered_model, ctx.fmt, 1, [1.0, 2.0])
+        assert [(c.val_accuracy, c.val_mean_margin) for c in candidates] == \
+            _scored_one_by_one(ctx, steered_model, ctx.fmt, [1.0, 2.0])
