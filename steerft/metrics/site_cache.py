@@ -146,7 +146,8 @@ def _prompt_then_completions(model: nn.Module, batch: SharedBatch) -> tuple[torc
     cache = prompt_pass.cache
     cache.batch_select_indices(batch.group)
     rest = model(input_ids=batch.completion_ids, attention_mask=batch.attention,
-                 position_ids=batch.completion_positions, cache=cache, use_cache=True, logits_to_keep=torch.arange(width - 1, device=batch.group.device)).logits
+                 position_ids=batch.completion_positions, cache=cache, use_cache=True,
+                 logits_to_keep=torch.arange(width - 1, device=batch.group.device)).logits
     return prompt_pass.logits[:, -1], rest
 
 
