@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from steerft.batching import encode
+from steerft.batching import EncodedRow, encode
 from steerft.metrics.logprobs import summed_logprobs
 from steerft.metrics.site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
 from steerft.testing import tiny_model
@@ -281,3 +281,55 @@ def test_multipliers_on_falls_back_to_attached_scoring_where_a_replay_cannot_app
         candidates = select.multipliers_on(ctx, steered_model, ctx.fmt, 1, [1.0, 2.0])
         assert [(c.val_accuracy, c.val_mean_margin) for c in candidates] == \
             _scored_one_by_one(ctx, steered_model, ctx.fmt, [1.0, 2.0])
+
+
+def _dpo_trainer(arch, peft_config, tmp_path, **args):
+    from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
+    from steerft.training import build_trainer, training_rows
+
+    items = training_subset(split_items(load_behaviour("sentiment").items, seed=0).train, 6, seed=0)
+    model, tokenizer = tiny_model(arch, seed=0)
+    rows = training_rows("dpo", items, PromptFormatter(tokenizer))
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, seed=0, learning_rate=0.05,
+                    disable_tqdm=True, **args)
+    return build_trainer(model, tokenizer, rows, method="dpo", peft_config=peft_config, args=settings), tokenizer
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("adapter", ["steer", "lora"])
+def test_dpo_reference_logprobs_are_precomputed_once_from_the_adapter_disabled_model(arch, adapter, tmp_path):
+    """The adapter starts away from zero, so reference log-probs taken with it enabled would differ."""
+    from steerft.tuner import SteerConfig
+
+    config = (SteerConfig(layers=[2], init={2: 3 * torch.ones(64)}) if adapter == "steer" else
+              LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    trainer, tokenizer = _dpo_trainer(arch, config, tmp_path, max_steps=1)
+    assert trainer.args.precompute_ref_log_probs
+    rows = trainer.train_dataset
+    bare, _ = tiny_model(arch, seed=0)
+    for side in ("chosen", "rejected"):
+        encoded = [EncodedRow(p + c, len(p)) for p, c in zip(rows["prompt_ids"], rows[f"{side}_ids"])]
+        with trainer.model.disable_adapter():
+            disabled = summed_logprobs(trainer.model, encoded, batch_size=4, pad=tokenizer.pad_token_id)[0]
+        enabled = summed_logprobs(trainer.model, encoded, batch_size=4, pad=tokenizer.pad_token_id)[0]
+        precomputed = torch.tensor(rows[f"ref_{side}_logps"], dtype=torch.float64)
+        torch.testing.assert_close(precomputed, disabled, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(precomputed, _plain(bare, encoded, tokenizer.pad_token_id), rtol=1e-5, atol=1e-3)
+        assert (enabled - disabled).abs().max() > 0.1
+
+
+def test_dpo_trains_the_same_vector_with_and_without_precomputed_references(tmp_path):
+    from steerft.tuner import SteerConfig
+
+    def trained(precompute: bool) -> tuple[torch.Tensor, list[float]]:
+        config = SteerConfig(layers=[2], init={2: torch.ones(64)})
+        trainer, _ = _dpo_trainer("llama", config, tmp_path / str(precompute), num_train_epochs=2, logging_steps=1,
+                                  precompute_ref_log_probs=precompute)
+        trainer.train()
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        return trainer.model.get_vectors()[2], losses
+
+    (vector, losses), (plain_vector, plain_losses) = trained(True), trained(False)
+    assert len(losses) == 6 and not torch.equal(vector, torch.ones(64))
+    torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
+    assert losses == pytest.approx(plain_losses, abs=1e-5)
