@@ -71,10 +71,10 @@ def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, la
     adapter-disabled model, one recorded base pass for all multipliers; any other adapter is
     scored attached, once per multiplier.
     """
-    vector = _single_vector(model)
-    if vector is not None:
+    site = _single_vector(model)
+    if site is not None:
         positions = model.peft_config[model.active_adapter].positions
-        steerings = [Steering(vector[0], vector[1], float(m), positions) for m in multipliers]
+        steerings = [Steering(*site, float(m), positions) for m in multipliers]
         with model.disable_adapter():
             if supports_site_cache(model.get_base_model()):
                 return _replayed_candidates(ctx, model.get_base_model(), fmt, steerings)
