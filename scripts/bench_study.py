@@ -1,6 +1,8 @@
 """Study scoring cost: the site-cache engine against the plain path, in one process.
 
     OMP_NUM_THREADS=1 python scripts/bench_study.py [--quick] [--threads 1] [--rounds 3] [--positions all]
+    OMP_NUM_THREADS=1 python scripts/bench_study.py --trained [--train-items 8] [--epochs 2] [--rounds 3]
+    OMP_NUM_THREADS=1 python scripts/bench_study.py --kl [--rounds 3]
 
 SmolLM2-135M-Instruct on the bundled long-prompt set `dialogues` (prompts 150–178 tokens, replies
 30–56). Two measurements, each a median over `--rounds` rounds, fast and plain timed in turn:
@@ -17,23 +19,48 @@ every 10th layer × 5 multipliers on 1 item, the point to 3 candidates on 2 vali
 items (about the full point's ratio of candidate to test work). The full run is all 30 layers ×
 5 multipliers on 128 items, and 9 candidates on 16 validation + 100 test items. The last line reads
 `sweep_speedup=X point_speedup=Y`. Both checks also print the largest difference in log-probs.
+
+`--trained` times a trained-vector point instead (steer-dpo): a vector trained with DPO at block 14
+on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
+default [1, 2] on 16 validation items, the chosen one scored on `--test-items` test items. Plain =
+reference log-probs recomputed every step and each multiplier scored attached; fast = the study's
+path now: references precomputed once (`steerft.training.reference_defaults`) and the multipliers
+replayed from block 14 on the adapter-disabled model (`select.multipliers_on`). Its last line reads
+`trained_point_speedup=Z`.
+
+`--kl` times one point's KL to the base model on the study's 16 neutral prompts along the base's
+16-token continuations, for a steered model. Plain = the base and the method each run in full
+forwards, logits at every position, in batches of the base rows; fast = the study's path now: the
+base side computed once per study (`base_log_distributions`, not timed: it is shared by every
+point) and the method's side from one prompt pass with logits only at the continuation positions.
+Its last line reads `kl_speedup=W`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import tempfile
 import time
+from types import SimpleNamespace
 
 import torch
 
 from steerft.batching import encode
-from steerft.data import PromptFormatter, load_behaviour
-from steerft.metrics import preference
+from steerft.data import PromptFormatter, load_behaviour, load_texts
+from steerft.metrics import kl_to_base, preference, reference_continuations
+from steerft.metrics.side_effects import base_log_distributions
 from steerft.metrics.logprobs import completion_logprobs
 from steerft.metrics.site_cache import Steering, site_logprobs
 from steerft.models import load_model
+from steerft.study import select
 from steerft.study.scorable import Scorable, steered
+from steerft.training import fit, training_rows
+from steerft.tuner import SteerConfig
+
+TRAINED_LAYER = 14
+TRAINED_MULTIPLIERS = [1.0, 2.0]
 
 
 def plain_logprobs(model, tokenizer, pairs, steering: Steering, batch_size: int) -> torch.Tensor:
@@ -76,6 +103,50 @@ def compare(name: str, rounds: int, plain, fast) -> float:
     return p / f
 
 
+def trained_point(model, tokenizer, train_items, val_items, test_pairs, *, fast: bool, epochs: int,
+                  batch_size: int) -> torch.Tensor:
+    """Train a steer-dpo vector, choose its multiplier on validation, score the test items: the margins."""
+    fmt = PromptFormatter(tokenizer)
+    with tempfile.TemporaryDirectory() as scratch:
+        trained = fit(copy.deepcopy(model), tokenizer, training_rows("dpo", train_items, fmt), method="dpo",
+                      peft_config=SteerConfig(layers=[TRAINED_LAYER]),
+                      args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=4, seed=0,
+                                disable_tqdm=True, logging_steps=1000, precompute_ref_log_probs=fast)).eval()
+    ctx = SimpleNamespace(tokenizer=tokenizer, data=SimpleNamespace(val=val_items),
+                          config=SimpleNamespace(eval=SimpleNamespace(batch_size=batch_size)))
+    if fast:
+        candidates = select.multipliers_on(ctx, trained, fmt, TRAINED_LAYER, TRAINED_MULTIPLIERS)
+    else:
+        candidates = []
+        for multiplier in TRAINED_MULTIPLIERS:
+            with trained.using_multiplier(multiplier):
+                accuracy, margin = select.score(ctx, Scorable(trained, fmt))
+            candidates.append(select.Candidate(TRAINED_LAYER, multiplier, accuracy, margin))
+    best = max(candidates, key=lambda c: c.val_mean_margin)
+    with trained.using_multiplier(best.multiplier):
+        test = preference(trained, tokenizer, test_pairs, batch_size=batch_size).margins
+    return torch.tensor([c.val_mean_margin for c in candidates] + test.tolist())
+
+
+def plain_kl(model, tokenizer, prompts, continuations, batch_size: int) -> float:
+    """KL(base || steered) with full forwards of both, every position's logits (the path before the engine)."""
+    from steerft.batching import batches
+    from steerft.metrics._forward import inference, log_distributions
+
+    rows = [encode(tokenizer, p, c) for p, c in zip(prompts, continuations)]
+    per_item = torch.zeros(len(rows), dtype=torch.float64)
+    with inference(model):
+        for batch in batches(rows, batch_size, tokenizer.pad_token_id):
+            with model.disable_adapter():
+                base, in_batch = log_distributions(model, batch)
+            method, _ = log_distributions(model, batch)
+            base, method = base.double(), method.double()
+            kl = (base.exp() * (base - method)).sum(-1)
+            item_kl = torch.zeros(len(batch.index), dtype=torch.float64).index_add_(0, in_batch, kl)
+            per_item[batch.index] = item_kl / torch.bincount(in_batch, minlength=len(batch.index))
+    return per_item.mean().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, every 10th layer (under 5 minutes)")
@@ -83,11 +154,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--positions", default="all", help="steered tokens: all (the study default) or completion")
+    parser.add_argument("--kl", action="store_true", help="time one point's KL to the base instead (see above)")
+    parser.add_argument("--trained", action="store_true", help="time a steer-dpo point instead (see above)")
+    parser.add_argument("--train-items", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--test-items", type=int, default=16, help="--trained: test items scored")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model("smollm2-135m-instruct")
     fmt = PromptFormatter(tokenizer)
     items = load_behaviour("dialogues").items
+    if args.kl:
+        prompts = [fmt.prompt(p) for p in load_texts("neutral_prompts", "prompt")[:16]]
+        continuations = reference_continuations(model, tokenizer, prompts, max_new_tokens=16)
+        vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        with steered(model, {14: 4 * vector / vector.norm()}, "all") as peft_model:
+            with peft_model.disable_adapter():
+                reference = base_log_distributions(peft_model, tokenizer, prompts, continuations,
+                                                   batch_size=args.batch_size)
+            speedup = compare(
+                "kl", args.rounds, lambda: plain_kl(peft_model, tokenizer, prompts, continuations, args.batch_size),
+                lambda: kl_to_base(peft_model, tokenizer, prompts, prompts, continuations,
+                                   batch_size=args.batch_size, reference=reference))
+        print(f"kl_speedup={speedup:.2f}")
+        return
+    if args.trained:
+        train, val, test = items[-args.train_items:], items[:16], items[16: 16 + args.test_items]
+        print(f"threads={args.threads} rounds={args.rounds} steer-dpo at block {TRAINED_LAYER}: {len(train)} items x "
+              f"{args.epochs} epochs, multipliers {TRAINED_MULTIPLIERS} on {len(val)} validation items, "
+              f"{len(test)} test items", flush=True)
+        run = lambda fast: trained_point(model, tokenizer, train, val, Scorable(model, fmt).pairs(test),  # noqa: E731
+                                         fast=fast, epochs=args.epochs, batch_size=args.batch_size)
+        speedup = compare("trained point", args.rounds, lambda: run(False), lambda: run(True))
+        print(f"trained_point_speedup={speedup:.2f}")
+        return
     sweep_items, val_items, test_items = (1, 2, 4) if args.quick else (128, 16, 100)
     n_layers = model.config.num_hidden_layers
     sweep_layers = list(range(4, n_layers, 10)) if args.quick else list(range(n_layers))

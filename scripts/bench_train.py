@@ -1,6 +1,7 @@
 """Training cost of a steering vector against LoRA, with TRL's SFT and DPO trainers.
 
     OMP_NUM_THREADS=1 python scripts/bench_train.py [--threads 1] [--steps 5] [--warmup 2]
+    OMP_NUM_THREADS=1 python scripts/bench_train.py --whole-runs [--epochs 2] [--items 8] [--rounds 3]
 
 SmolLM2-135M-Instruct (the default of `load_model`); steer = one vector at block 14 of 30, LoRA =
 r=8 on q_proj and v_proj. Every configuration trains on the same sentiment rows in the same order,
@@ -13,6 +14,11 @@ Measured per configuration:
 - memory as the process's resident set (RSS): its peak while training (VmHWM, reset before each
   configuration through /proc/self/clear_refs) and that peak's rise over the RSS just before the
   trainer was built (activations, gradients, optimizer state, TRL's dataset copies).
+
+`--whole-runs` times whole trainings instead: `--epochs` epochs over `--items` rows, from building
+the trainer (where TRL precomputes DPO reference log-probs) to the end of `train()`, for SFT and for
+DPO with `precompute_ref_log_probs` off (TRL's default) and on (steerft's default for adapters);
+medians of `--rounds` rounds that run every configuration in turn.
 """
 
 from __future__ import annotations
@@ -92,6 +98,45 @@ def measure(method: str, adapter: str, rows, *, batch_size: int, warmup: int, st
             "peak_rss": peak, "rss_rise": peak - before}
 
 
+RUNS = [("sft", adapter, {}) for adapter in ADAPTERS] + [
+    ("dpo", adapter, {"precompute_ref_log_probs": precompute}) for adapter in ADAPTERS for precompute in (False, True)]
+
+
+def whole_run(method: str, adapter: str, rows, extra: dict, *, batch_size: int, epochs: int) -> tuple[float, int]:
+    """Seconds from building the trainer to the end of training, and the optimizer steps taken."""
+    model, tokenizer = load_model()
+    make_config, learning_rate = ADAPTERS[adapter]
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        trainer = build_trainer(
+            model, tokenizer, rows, method=method, peft_config=make_config(),
+            args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+                      learning_rate=learning_rate, logging_steps=1000, seed=0, disable_tqdm=True, **extra))
+        trainer.train()
+        return time.perf_counter() - start, trainer.state.global_step
+
+
+def whole_runs(items, fmt, *, batch_size: int, epochs: int, rounds: int) -> str:
+    times: dict[tuple, list[float]] = {}
+    steps = {}
+    for _ in range(rounds):
+        for method, adapter, extra in RUNS:
+            key = (method, adapter, extra.get("precompute_ref_log_probs"))
+            seconds, steps[key] = whole_run(method, adapter, training_rows(method, items, fmt), extra,
+                                            batch_size=batch_size, epochs=epochs)
+            times.setdefault(key, []).append(seconds)
+            print(f"{key}: {seconds:.1f} s", flush=True)
+    lines = ["| method | adapter | reference log-probs | s per run (median) | runs (s) | steps | s/step |",
+             "|---|---|---|---:|---|---:|---:|"]
+    for (method, adapter, precompute), runs in times.items():
+        median = statistics.median(runs)
+        reference = "-" if precompute is None else ("precomputed once" if precompute else "every step")
+        lines.append(f"| {method.upper()} | {adapter} | {reference} | {median:.1f} | "
+                     f"{', '.join(f'{t:.1f}' for t in runs)} | {steps[(method, adapter, precompute)]} | "
+                     f"{median / steps[(method, adapter, precompute)]:.2f} |")
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     lines = ["| method | adapter | trainable params | s/step (median) | steps/s | peak RSS (MiB) | RSS rise (MiB) |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -115,10 +160,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--whole-runs", action="store_true", help="time whole trainings (see above)")
+    parser.add_argument("--epochs", type=int, default=2, help="--whole-runs: epochs per run")
+    parser.add_argument("--items", type=int, default=8, help="--whole-runs: training rows")
+    parser.add_argument("--rounds", type=int, default=3, help="--whole-runs: rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _, tokenizer = load_model()
     dataset = load_behaviour("sentiment")
+    if args.whole_runs:
+        items = training_subset(split_items(dataset.items, seed=0).train, args.items, seed=0)
+        report = whole_runs(items, PromptFormatter(tokenizer), batch_size=args.batch_size, epochs=args.epochs,
+                            rounds=args.rounds)
+        print(f"\nSmolLM2-135M-Instruct, {args.items} rows, {args.epochs} epochs, batch {args.batch_size}, "
+              f"{args.threads} thread(s), median of {args.rounds} rounds, torch {torch.__version__}\n\n{report}")
+        return
     items = training_subset(split_items(dataset.items, seed=0).train, args.batch_size * (args.warmup + args.steps), seed=0)
     fmt = PromptFormatter(tokenizer)
     # One untimed run first: lazy imports and first-touch allocations would otherwise count against

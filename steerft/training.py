@@ -3,7 +3,8 @@
 The same code path trains all of them so that comparisons differ only in the adapter: the data
 come from one behaviour dataset (`steerft.data`), the trainer is TRL's, and the adapter travels as
 `peft_config=`, unchanged. For DPO that means TRL uses the adapter-disabled model as the reference,
-so no second model copy is held (full fine-tuning alone needs one).
+so no second model copy is held (full fine-tuning alone needs one), and its log-probs are computed
+once per run (`reference_defaults`).
 
 Trainer settings are TRL's own `SFTConfig` / `DPOConfig` keys, passed as given on top of
 steerft's defaults (`build_trainer`); the `trainer:` section of a config is such a mapping.
@@ -47,6 +48,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "dataloader_num_workers": 0,
     "ddp_find_unused_parameters": False,
 }
+
+
+def reference_defaults(method: str, peft_config: PeftConfig | None) -> dict[str, Any]:
+    """DPO with an adapter: the reference (the adapter-disabled model) is fixed for the run, so TRL
+    computes its log-probs once over the training rows (`precompute_ref_log_probs`) instead of in
+    every step of every epoch. Full fine-tuning keeps TRL's default (its reference is a frozen copy)."""
+    return {"precompute_ref_log_probs": True} if method == "dpo" and peft_config is not None else {}
 
 
 def trainer_config_class(method: str) -> type:
@@ -108,7 +116,8 @@ def trainer_settings(method: str, peft_config: PeftConfig | None, args: Mapping[
     The learning rate defaults to `default_learning_rate` of the adapter kind.
     """
     trainer_config_class(method)
-    settings = {**TRAINER_DEFAULTS, "learning_rate": default_learning_rate(adapter_kind(peft_config)),
+    settings = {**TRAINER_DEFAULTS, **reference_defaults(method, peft_config),
+                "learning_rate": default_learning_rate(adapter_kind(peft_config)),
                 **_device_defaults(), **args, "report_to": list(report_to)}
     checkpointing = any([settings.pop("gradient_checkpointing", False), settings.pop("activation_checkpointing", False)])
     settings[_checkpointing_key()] = checkpointing

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from steerft.batching import encode
+from steerft.batching import EncodedRow, encode
 from steerft.metrics.logprobs import summed_logprobs
 from steerft.metrics.site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
 from steerft.testing import tiny_model
@@ -134,3 +134,202 @@ def test_reply_cross_entropy_runs_the_shared_request_once_and_matches_the_plain_
     sums, counts = summed_logprobs(model, rows, batch_size=2, pad=tokenizer.pad_token_id)
     got = reply_cross_entropy(scorable, tokenizer, texts, batch_size=2)
     assert got == pytest.approx((-sums.sum() / counts.sum()).item(), abs=1e-5)
+
+
+def _plain_kl(model, tokenizer, base_prompts, method_prompts, continuations, padding_side):
+    """KL(adapter-disabled || model) per the definition: one padded full forward, every position's logits, sliced."""
+    from steerft.batching import collate
+    from steerft.metrics._forward import inference, log_distributions
+
+    def distributions(prompts):
+        rows = [encode(tokenizer, p, c) for p, c in zip(prompts, continuations)]
+        return log_distributions(model, collate(rows, range(len(rows)), tokenizer.pad_token_id, padding_side))
+
+    with inference(model):
+        with model.disable_adapter():
+            base_logp, rows = distributions(base_prompts)
+        method_logp, _ = distributions(method_prompts)
+    base_logp, method_logp = base_logp.double(), method_logp.double()
+    kl = (base_logp.exp() * (base_logp - method_logp)).sum(-1)
+    return torch.stack([kl[rows == i].mean() for i in range(len(continuations))]).mean().item()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_kl_from_one_prompt_pass_matches_full_forwards(arch, padding_side, positions):
+    from steerft.metrics import kl_to_base
+
+    model, tokenizer = tiny_model(arch)
+    base_prompts = PROMPTS
+    method_prompts = ["Be brief. " + p for p in PROMPTS]
+    continuations = COMPLETIONS[:3]
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    with steered(model, {1: vector}, positions) as peft_model:
+        with peft_model.disable_adapter():
+            fast = kl_to_base(peft_model, tokenizer, base_prompts, method_prompts, continuations, batch_size=2)
+            plain = _plain_kl(peft_model, tokenizer, base_prompts, method_prompts, continuations, padding_side)
+        assert fast == pytest.approx(plain, abs=1e-5) and fast > 1e-4  # the prompts alone moved it
+        fast = kl_to_base(peft_model, tokenizer, base_prompts, base_prompts, continuations, batch_size=2)
+        plain = _plain_kl(peft_model, tokenizer, base_prompts, base_prompts, continuations, padding_side)
+    assert fast == pytest.approx(plain, abs=1e-5) and fast > 1e-4  # the vector moved it
+
+
+def test_a_precomputed_kl_reference_gives_the_same_kl_and_must_fit_the_continuations():
+    from steerft.metrics import kl_to_base
+    from steerft.metrics.side_effects import base_log_distributions
+
+    model, tokenizer = tiny_model("llama")
+    continuations = COMPLETIONS[:3]
+    with steered(model, {2: torch.ones(64)}, "all") as peft_model:
+        with peft_model.disable_adapter():  # the base kl_to_base uses (the bare model differs by float rounding)
+            reference = base_log_distributions(peft_model, tokenizer, PROMPTS, continuations, batch_size=2)
+        computed = kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, continuations, batch_size=2)
+        reused = kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, continuations, batch_size=2, reference=reference)
+        assert reused == computed > 1e-4
+        with pytest.raises(ValueError, match="reference does not match"):
+            kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, COMPLETIONS[1:4], reference=reference)
+
+
+def _study_context(model, tokenizer, items):
+    from steerft.study.context import StudyContext, StudyData
+
+    config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
+                             eval=SimpleNamespace(batch_size=3))
+    return StudyContext(config, model, tokenizer, StudyData(items, items[:2], items, None), PROMPTS[:2],
+                        [" yes indeed", " no"], ["A text."], PROMPTS[:1], [1], [1])
+
+
+def _items():
+    from steerft.data import BehaviourItem
+
+    return [BehaviourItem(id=str(i), prompt=p, matching="yes, gladly", not_matching="no thanks")
+            for i, p in enumerate(PROMPTS)]
+
+
+def test_base_scores_are_computed_once_per_study_and_equal_a_fresh_computation(monkeypatch):
+    from steerft.metrics import kl_to_base, preference
+    from steerft.study import context
+    from steerft.study.scorable import Scorable, attach
+
+    model, tokenizer = tiny_model("gpt2")
+    ctx = _study_context(model, tokenizer, _items())
+    calls = []
+    monkeypatch.setattr(context, "preference", lambda *a, **k: calls.append(1) or preference(*a, **k))
+    first = context.base_preference(ctx, "test")
+    ctx.memo.clear()  # what the runner does between (n, seed) groups
+    assert context.base_preference(ctx, "test") is first and len(calls) == 1
+    fresh = preference(model, tokenizer, Scorable(model, ctx.fmt).pairs(ctx.data.test), batch_size=3)
+    assert torch.equal(first.margins, fresh.margins)
+    assert context.base_preference(ctx, "val").n == 2 and len(calls) == 2
+    base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
+    assert context.base_kl_reference(ctx) is context.base_kl_reference(ctx)
+    vector = 10 * torch.randn(64, generator=torch.Generator().manual_seed(5))
+    method = attach(ctx.fresh_model(), {1: vector}, 1.0, "all")
+    assert kl_to_base(method, tokenizer, base_prompts, base_prompts, ctx.references, base_model=model,
+                      batch_size=3, reference=context.base_kl_reference(ctx)) == \
+        kl_to_base(method, tokenizer, base_prompts, base_prompts, ctx.references, base_model=model, batch_size=3) > 1e-4
+
+
+def _scored_one_by_one(ctx, model, fmt, multipliers):
+    """The plain path: the adapter attached, the validation items scored at each multiplier."""
+    from steerft.study import select
+    from steerft.study.scorable import Scorable
+
+    scores = []
+    for multiplier in multipliers:
+        with model.using_multiplier(multiplier):
+            scores.append(select.score(ctx, Scorable(model, fmt)))
+    return scores
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_trained_vector_multipliers_by_replay_equal_scoring_it_attached(arch, positions, monkeypatch):
+    from steerft.study import select
+    from steerft.study.scorable import attach
+
+    model, tokenizer = tiny_model(arch)
+    ctx = _study_context(model, tokenizer, _items())
+    trained = attach(tiny_model(arch)[0], {2: torch.randn(64, generator=torch.Generator().manual_seed(4))}, 1.0,
+                     positions)
+    replays = []
+    monkeypatch.setattr(select, "site_logprobs", lambda *a, **k: replays.append(1) or site_logprobs(*a, **k))
+    candidates = select.multipliers_on(ctx, trained, ctx.fmt, 2, [0.5, -2.0, 3.0])
+    assert replays and trained.peft_config["default"].multiplier == 1.0
+    plain = _scored_one_by_one(ctx, trained, ctx.fmt, [0.5, -2.0, 3.0])
+    assert [c.val_accuracy for c in candidates] == [accuracy for accuracy, _ in plain]
+    torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in candidates]),
+                               torch.tensor([margin for _, margin in plain]), rtol=0, atol=1e-4)
+    assert len({round(c.val_mean_margin, 3) for c in candidates}) == 3  # the multipliers did differ
+
+
+def test_multipliers_on_falls_back_to_attached_scoring_where_a_replay_cannot_apply(monkeypatch):
+    """Two steered blocks, or an ablation, are not one added vector: scored attached, same as before."""
+    from steerft.study import select
+    from steerft.study.scorable import attach
+    from steerft.tuner import SteerConfig
+    from peft import get_peft_model
+
+    model, tokenizer = tiny_model("llama")
+    ctx = _study_context(model, tokenizer, _items())
+    monkeypatch.setattr(select, "site_logprobs", lambda *a, **k: pytest.fail("replayed a model it cannot replay"))
+    two_blocks = attach(tiny_model("llama")[0], {1: torch.ones(64), 2: -torch.ones(64)}, 1.0, "all")
+    ablation = get_peft_model(tiny_model("llama")[0], SteerConfig(layers=[1], operator="ablate_add",
+                                                                  init={1: torch.ones(64)}))
+    for steered_model in (two_blocks, ablation):
+        candidates = select.multipliers_on(ctx, steered_model, ctx.fmt, 1, [1.0, 2.0])
+        assert [(c.val_accuracy, c.val_mean_margin) for c in candidates] == \
+            _scored_one_by_one(ctx, steered_model, ctx.fmt, [1.0, 2.0])
+
+
+def _dpo_trainer(arch, peft_config, tmp_path, **args):
+    from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
+    from steerft.training import build_trainer, training_rows
+
+    items = training_subset(split_items(load_behaviour("sentiment").items, seed=0).train, 6, seed=0)
+    model, tokenizer = tiny_model(arch, seed=0)
+    rows = training_rows("dpo", items, PromptFormatter(tokenizer))
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, seed=0, learning_rate=0.05,
+                    disable_tqdm=True, **args)
+    return build_trainer(model, tokenizer, rows, method="dpo", peft_config=peft_config, args=settings), tokenizer
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("adapter", ["steer", "lora"])
+def test_dpo_reference_logprobs_are_precomputed_once_from_the_adapter_disabled_model(arch, adapter, tmp_path):
+    """The adapter starts away from zero, so reference log-probs taken with it enabled would differ."""
+    from steerft.tuner import SteerConfig
+
+    config = (SteerConfig(layers=[2], init={2: 3 * torch.ones(64)}) if adapter == "steer" else
+              LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    trainer, tokenizer = _dpo_trainer(arch, config, tmp_path, max_steps=1)
+    assert trainer.args.precompute_ref_log_probs
+    rows = trainer.train_dataset
+    bare, _ = tiny_model(arch, seed=0)
+    for side in ("chosen", "rejected"):
+        encoded = [EncodedRow(p + c, len(p)) for p, c in zip(rows["prompt_ids"], rows[f"{side}_ids"])]
+        with trainer.model.disable_adapter():
+            disabled = summed_logprobs(trainer.model, encoded, batch_size=4, pad=tokenizer.pad_token_id)[0]
+        enabled = summed_logprobs(trainer.model, encoded, batch_size=4, pad=tokenizer.pad_token_id)[0]
+        precomputed = torch.tensor(rows[f"ref_{side}_logps"], dtype=torch.float64)
+        torch.testing.assert_close(precomputed, disabled, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(precomputed, _plain(bare, encoded, tokenizer.pad_token_id), rtol=1e-5, atol=1e-3)
+        assert (enabled - disabled).abs().max() > 0.1
+
+
+def test_dpo_trains_the_same_vector_with_and_without_precomputed_references(tmp_path):
+    from steerft.tuner import SteerConfig
+
+    def trained(precompute: bool) -> tuple[torch.Tensor, list[float]]:
+        config = SteerConfig(layers=[2], init={2: torch.ones(64)})
+        trainer, _ = _dpo_trainer("llama", config, tmp_path / str(precompute), num_train_epochs=2, logging_steps=1,
+                                  precompute_ref_log_probs=precompute)
+        trainer.train()
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        return trainer.model.get_vectors()[2], losses
+
+    (vector, losses), (plain_vector, plain_losses) = trained(True), trained(False)
+    assert len(losses) == 6 and not torch.equal(vector, torch.ones(64))
+    torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
+    assert losses == pytest.approx(plain_losses, abs=1e-5)

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
+from steerft.batching import text_ids
 from steerft.cli import main
-from steerft.data import load_behaviour, split_items
+from steerft.data import PromptFormatter, load_behaviour, split_items
 from steerft.testing import tiny_model
 from steerft.runconfig import ConfigError, build
 from steerft.jobs.truth import TruthConfig, run_truth_study
@@ -162,21 +164,33 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
 
 
 def test_layer_and_multiplier_are_chosen_on_validation_items_only(tiny_dir, tmp_path, monkeypatch):
-    seen: list[str] = []
-    real = select.preference
+    """Every prompt selection scores, attached (`preference`) or replayed (`site_logprobs`), is a validation item's."""
+    seen: set[tuple[int, ...]] = set()
+    real_preference, real_replay = select.preference, select.site_logprobs
 
-    def recording(model, tokenizer, pairs, **kwargs):
-        seen.extend(pair.id for pair in pairs)
-        return real(model, tokenizer, pairs, **kwargs)
+    def recording_preference(model, tokenizer, pairs, **kwargs):
+        seen.update(tuple(text_ids(tokenizer, pair.prompt)) for pair in pairs)
+        return real_preference(model, tokenizer, pairs, **kwargs)
 
-    monkeypatch.setattr(select, "preference", recording)
+    def recording_replay(model, rows, candidates, **kwargs):
+        seen.update(tuple(row.ids[: row.prompt_length]) for row in rows)
+        return real_replay(model, rows, candidates, **kwargs)
+
+    monkeypatch.setattr(select, "preference", recording_preference)
+    monkeypatch.setattr(select, "site_logprobs", recording_replay)
     config = build(StudyConfig, micro(tiny_dir, tmp_path / "study", n=[2], seeds=[0],
                                       methods=["random", "caa", "steer-sft", "caa+system-prompt"]))
     run_study(config)
-    splits = split_items(load_behaviour("sentiment").items, config.split_seed, config.val_frac, config.test_frac)
-    val_ids = {item.id for item in splits.val[: config.eval.val_items]}
-    assert seen and set(seen) <= val_ids
-    assert not set(seen) & {item.id for item in splits.test}
+    dataset = load_behaviour("sentiment")
+    splits = split_items(dataset.items, config.split_seed, config.val_frac, config.test_frac)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    formatters = [PromptFormatter(tokenizer), PromptFormatter(tokenizer, system_prompt=dataset.system_prompt)]
+
+    def prompts(items) -> set[tuple[int, ...]]:
+        return {tuple(text_ids(tokenizer, fmt.prompt(item))) for item in items for fmt in formatters}
+
+    assert seen and seen <= prompts(splits.val[: config.eval.val_items])
+    assert not seen & prompts(splits.test)
     rows = {r["method"]: r for r in results(tmp_path / "study")}
     assert (rows["random"]["layer"], rows["random"]["multiplier"]) == (rows["caa"]["layer"], rows["caa"]["multiplier"])
 

@@ -138,8 +138,12 @@ def ab_probability(
     as (anti-)behaviour. ``letter_bias`` shows the model's own preference for "A" so it can be
     checked on the base model; ``a_matching_share`` shows the dataset's balance.
     """
-    return ABResult(preference(model, tokenizer, pairs, batch_size=batch_size),
-                    tuple(_matches_a(pair) for pair in pairs))
+    return ab_result(preference(model, tokenizer, pairs, batch_size=batch_size), pairs)
+
+
+def ab_result(result: PreferenceResult, pairs: Sequence[ContrastPair]) -> ABResult:
+    """`result` (scored on `pairs`) read as A/B behaviour probability, e.g. from base scores computed earlier."""
+    return ABResult(result, tuple(_matches_a(pair) for pair in pairs))
 
 
 def _matches_a(pair: ContrastPair) -> bool | None:

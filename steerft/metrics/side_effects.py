@@ -10,13 +10,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
-from ..batching import EncodedRow, batches, collate, encode
-from ..batching import text_ids
-from ._forward import as_base, check_base_model, inference, log_distributions, pad_id
+from ..batching import EncodedRow, encode, text_ids
+from ._forward import as_base, check_base_model, device_of, inference, pad_id
 from .generation import greedy_ids
 from .logprobs import summed_logprobs
+from .site_cache import completion_log_distributions, shared_batches
 
 
 def reference_continuations(
@@ -37,6 +38,30 @@ def reference_continuations(
     return [tokenizer.decode(ids, skip_special_tokens=False) for ids in generated]
 
 
+def base_log_distributions(
+    base_model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    base_prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> list[torch.Tensor]:
+    """Per item, the base's float32 (tokens, vocab) log-probabilities predicting each continuation token.
+
+    What `kl_to_base` compares against; it depends on the base alone, so a study computes it once
+    and passes it to every method's `kl_to_base(..., reference=...)`.
+    """
+    _check_lengths(base_prompts, base_prompts, continuations)
+    rows = [encode(tokenizer, p, c) for p, c in zip(base_prompts, continuations)]
+    reference: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+    with inference(base_model):
+        for batch in shared_batches(rows, batch_size, pad_id(tokenizer)):
+            logp = completion_log_distributions(base_model, batch.to(device_of(base_model))).cpu()
+            for r, i in enumerate(batch.index):
+                reference[i] = logp[r, : rows[i].completion_length].clone()
+    return reference
+
+
 def kl_to_base(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -46,6 +71,7 @@ def kl_to_base(
     *,
     base_model: nn.Module | None = None,
     batch_size: int = 16,
+    reference: Sequence[torch.Tensor] | None = None,
 ) -> float:
     """Mean KL(base || method) between next-token distributions along fixed continuations.
 
@@ -54,29 +80,34 @@ def kl_to_base(
     (system prompt, demonstrations), and the continuation tokens, and so the compared positions, are
     the same. Positions are those predicting each continuation token. The KL is averaged over an
     item's tokens, then over items, so every prompt weighs the same. The base is `base_model` if
-    given, else `model` with its PEFT adapter disabled, else `model` itself.
+    given, else `model` with its PEFT adapter disabled, else `model` itself; `reference` (from
+    `base_log_distributions`) replaces the base's pass. Each prompt runs once and logits are computed
+    only at the continuation positions, in length-sorted batches.
     """
+    _check_lengths(base_prompts, method_prompts, continuations)
+    check_base_model(model, base_model)
+    if reference is None:
+        with as_base(model, base_model) as base:
+            reference = base_log_distributions(base, tokenizer, base_prompts, continuations, batch_size=batch_size)
+    rows = [encode(tokenizer, p, c) for p, c in zip(method_prompts, continuations)]
+    if len(reference) != len(rows) or any(len(ref) != row.completion_length for ref, row in zip(reference, rows)):
+        raise ValueError("reference does not match these continuations: make it with base_log_distributions from "
+                         "the same continuations and tokenizer.")
+    per_item = torch.zeros(len(rows), dtype=torch.float64)
+    with inference(model):
+        for batch in shared_batches(rows, batch_size, pad_id(tokenizer)):
+            method_logp = completion_log_distributions(model, batch.to(device_of(model))).double().cpu()
+            base_logp = pad_sequence([reference[i] for i in batch.index], batch_first=True).double()
+            kl = (base_logp.exp() * (base_logp - method_logp[:, : base_logp.shape[1]])).sum(-1)
+            mask = batch.completion_mask[:, : base_logp.shape[1]].bool()
+            per_item[batch.index] = (kl * mask).sum(-1) / mask.sum(-1)
+    return per_item.mean().item()
+
+
+def _check_lengths(base_prompts: Sequence[str], method_prompts: Sequence[str], continuations: Sequence[str]) -> None:
     if not len(base_prompts) == len(method_prompts) == len(continuations) or not continuations:
         raise ValueError(f"Need as many base prompts, method prompts and continuations, at least one; got "
                          f"{len(base_prompts)}, {len(method_prompts)} and {len(continuations)}.")
-    check_base_model(model, base_model)
-    base_rows = [encode(tokenizer, p, c) for p, c in zip(base_prompts, continuations)]
-    method_rows = [encode(tokenizer, p, c) for p, c in zip(method_prompts, continuations)]
-    per_item = torch.zeros(len(base_rows), dtype=torch.float64)
-    pad = pad_id(tokenizer)
-    with inference(model), inference(base_model if base_model is not None else model):
-        for base_batch in batches(base_rows, batch_size, pad):
-            method_batch = collate([method_rows[i] for i in base_batch.index], base_batch.index, pad)
-            with as_base(model, base_model) as base:
-                base_logp, rows = log_distributions(base, base_batch)
-            method_logp, _ = log_distributions(model, method_batch)
-            base_logp, method_logp = base_logp.double().cpu(), method_logp.double().cpu()
-            kl = (base_logp.exp() * (base_logp - method_logp)).sum(-1)
-            rows = rows.cpu()
-            tokens = torch.bincount(rows, minlength=len(base_batch.index))
-            item_kl = torch.zeros(len(base_batch.index), dtype=torch.float64).index_add_(0, rows, kl) / tokens
-            per_item[base_batch.index] = item_kl
-    return per_item.mean().item()
 
 
 def cross_entropy(

@@ -134,6 +134,22 @@ def _scatter(values: torch.Tensor, batch: SharedBatch, out: torch.Tensor) -> Non
     out[..., batch.index] = values.cpu()
 
 
+def _prompt_then_completions(model: nn.Module, batch: SharedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits predicting each completion token and nothing else: (G, V) from each prompt's last
+    position, and (R, C-1, V) from the completion columns (None when every completion is one token)."""
+    prompt_pass = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
+                        position_ids=batch.prompt_positions, use_cache=True, logits_to_keep=1)
+    width = batch.completion_ids.shape[1]
+    if width == 1:
+        return prompt_pass.logits[:, -1], None
+    cache = prompt_pass.cache
+    cache.batch_select_indices(batch.group)
+    rest = model(input_ids=batch.completion_ids, attention_mask=batch.attention,
+                 position_ids=batch.completion_positions, cache=cache, use_cache=True,
+                 logits_to_keep=torch.arange(width - 1, device=batch.group.device)).logits
+    return prompt_pass.logits[:, -1], rest
+
+
 def shared_prompt_logprobs(model: nn.Module, rows: Sequence[EncodedRow], *, batch_size: int, pad: int) -> torch.Tensor:
     """Per-row float64 sums of completion log-probabilities, each prompt run once for all its completions."""
     sums = torch.zeros(len(rows), dtype=torch.float64)
@@ -141,18 +157,19 @@ def shared_prompt_logprobs(model: nn.Module, rows: Sequence[EncodedRow], *, batc
     with inference(model):
         for batch in shared_batches(rows, batch_size, pad):
             batch = batch.to(device)
-            prompt_pass = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
-                                position_ids=batch.prompt_positions, use_cache=True, logits_to_keep=1)
-            next_logits = None
-            width = batch.completion_ids.shape[1]
-            if width > 1:
-                cache = prompt_pass.cache
-                cache.batch_select_indices(batch.group)
-                next_logits = model(input_ids=batch.completion_ids, attention_mask=batch.attention,
-                                    position_ids=batch.completion_positions, cache=cache, use_cache=True,
-                                    logits_to_keep=torch.arange(width - 1, device=device)).logits[batch.predicts_next]
-            _scatter(_summed(prompt_pass.logits[:, -1], next_logits, batch), batch, sums)
+            first, rest = _prompt_then_completions(model, batch)
+            _scatter(_summed(first, None if rest is None else rest[batch.predicts_next], batch), batch, sums)
     return sums
+
+
+def completion_log_distributions(model: nn.Module, batch: SharedBatch) -> torch.Tensor:
+    """Float32 (R, C, V) next-token log-probabilities predicting each completion column of `batch`
+    (padding columns included, masked by `batch.completion_mask`); logits only at those positions."""
+    first, rest = _prompt_then_completions(model, batch)
+    logits = first[batch.group].unsqueeze(1)
+    if rest is not None:
+        logits = torch.cat([logits, rest], dim=1)
+    return logits.float().log_softmax(-1)
 
 
 @dataclass(frozen=True)
@@ -176,11 +193,13 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 def supports_site_cache(model: nn.Module) -> bool:
     """Whether a replay of recorded blocks computes what the model computes.
 
-    Modules inside the blocks (LoRA layers included) run in the replay like in the full pass; a
-    steer layer does not, since it learns which tokens are completion from a hook on the block
-    stack, which a replay bypasses. A PeftModel wrapper is refused: score its base model.
+    Modules inside the blocks (LoRA layers included) run in the replay like in the full pass; an
+    enabled steer layer does not, since it learns which tokens are completion from a hook on the
+    block stack, which a replay bypasses (a disabled one adds nothing, so it is no obstacle). A
+    PeftModel wrapper is refused: score its base model.
     """
-    return (not isinstance(model, PeftModel) and not any(isinstance(m, SteerLayer) for m in model.modules())
+    return (not isinstance(model, PeftModel)
+            and not any(isinstance(m, SteerLayer) and not m.disable_adapters for m in model.modules())
             and final_norm(model) is not None and model.get_output_embeddings() is not None)
 
 

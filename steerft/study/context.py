@@ -2,7 +2,9 @@
 
 The base model is loaded once and never modified: methods that change weights or attach adapters
 work on copies (`fresh_model`), and steering selection attaches and removes its adapters around
-each use, so every point is scored against the same base.
+each use, so every point is scored against the same base. Its own scores (validation and test
+preference, the KL reference) are therefore computed once per study (`base_preference`,
+`base_kl_reference`) and shared by every method.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..data import BehaviourItem, PromptFormatter, load_texts
+from ..data import BehaviourItem, ContrastPair, PromptFormatter, load_texts
 from ..jobs import startup
+from ..metrics import preference
+from ..metrics.preference import PreferenceResult
+from ..metrics.side_effects import base_log_distributions
 from ..runconfig import ConfigError
+from .scorable import Scorable
 
 if TYPE_CHECKING:  # the config module imports the method registry, which builds on this module
     from .config import StudyConfig
@@ -73,6 +79,7 @@ class StudyContext:
     train_layers: list[int]  # layers trained vectors are trained at
     judge: Any = None  # the study's generation judge (steerft.study.judging.StudyJudge), made once
     memo: dict[Hashable, Any] = field(default_factory=dict)
+    base_memo: dict[Hashable, Any] = field(default_factory=dict)  # the base model's scores, kept for the whole study
 
     @property
     def fmt(self) -> PromptFormatter:
@@ -91,6 +98,34 @@ class StudyContext:
         if key not in self.memo:
             self.memo[key] = compute()
         return self.memo[key]
+
+
+def remember_base(ctx: StudyContext, key: Hashable, compute: Callable[[], T]) -> T:
+    """Compute once per study what depends on the base model alone (unlike `remember`, never cleared)."""
+    if key not in ctx.base_memo:
+        ctx.base_memo[key] = compute()
+    return ctx.base_memo[key]
+
+
+def base_pairs(ctx: StudyContext, split: str) -> list[ContrastPair]:
+    """The contrast pairs of split `split` ("val" or "test") under the base model's own prompts."""
+    return Scorable(ctx.model, ctx.fmt).pairs(getattr(ctx.data, split))
+
+
+def base_preference(ctx: StudyContext, split: str) -> PreferenceResult:
+    """The base model's completion preference on `split`, scored once per study for every method that needs it."""
+    return remember_base(ctx, ("preference", split), lambda: preference(
+        ctx.model, ctx.tokenizer, base_pairs(ctx, split), batch_size=ctx.config.eval.batch_size))
+
+
+def base_kl_reference(ctx: StudyContext) -> list[torch.Tensor]:
+    """The base model's log-distributions along the neutral prompts' reference continuations (every point's KL).
+
+    It holds prompts x continuation tokens x vocabulary floats: 50 MB at the defaults on SmolLM2.
+    """
+    return remember_base(ctx, ("kl",), lambda: base_log_distributions(
+        ctx.model, ctx.tokenizer, [ctx.fmt.prompt(p) for p in ctx.neutral_prompts], ctx.references,
+        batch_size=ctx.config.eval.batch_size))
 
 
 def load_base_model(config: StudyConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from ..batching import encode
 from ..data import ContrastPair
 from ..metrics import (
-    ab_probability,
+    ab_result,
     answer_letter,
     competence_warning,
     generate_samples,
@@ -28,7 +28,7 @@ from ..metrics import (
     preference,
     shared_prompt_logprobs,
 )
-from .context import GENERAL_TEXT_REQUEST, StudyContext
+from .context import GENERAL_TEXT_REQUEST, StudyContext, base_kl_reference, base_pairs, base_preference
 from .judging import judged_metrics
 from .scorable import Scorable
 
@@ -41,12 +41,11 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
     model, tokenizer = scorable.model, ctx.tokenizer
     pairs = scorable.pairs(ctx.data.test)
     record: dict[str, Any] = {}
+    is_base = model is ctx.model and pairs == base_pairs(ctx, "test")
+    result = base_preference(ctx, "test") if is_base else preference(model, tokenizer, pairs, batch_size=batch_size)
     if baseline and _letter_answers(pairs):
-        ab = ab_probability(model, tokenizer, pairs, batch_size=batch_size)
-        result = ab.preference
+        ab = ab_result(result, pairs)
         record |= {"letter_bias": ab.letter_bias, "a_matching_share": ab.a_matching_share}
-    else:
-        result = preference(model, tokenizer, pairs, batch_size=batch_size)
     if baseline:
         record["competence_warning"] = competence_warning(result, metric_name=TEST_METRIC)
     base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
@@ -56,7 +55,7 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
         "mean_margin": result.mean_margin,
         "margins": result.margins.tolist(),
         "kl": kl_to_base(model, tokenizer, base_prompts, method_prompts, ctx.references, base_model=ctx.model,
-                         batch_size=batch_size),
+                         batch_size=batch_size, reference=base_kl_reference(ctx)),
         "ce": reply_cross_entropy(scorable, tokenizer, ctx.general_texts, batch_size=batch_size),
         "params": scorable.params,
         "choice": scorable.choice,

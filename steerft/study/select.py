@@ -20,6 +20,7 @@ from torch import nn
 from ..batching import encode
 from ..data import PromptFormatter
 from ..metrics import PreferenceResult, Steering, preference, site_logprobs, supports_site_cache
+from ..tuner import SteerConfig, SteerLayer
 from .context import StudyContext
 from .scorable import Scorable, steered
 
@@ -61,13 +62,37 @@ def best_of(candidates: Sequence[Candidate], select_by: str) -> Choice:
 
 def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, layer: int,
                    multipliers: Sequence[float]) -> list[Candidate]:
-    """Score one steered model at each multiplier."""
+    """Score one steered model at each multiplier.
+
+    A single added vector (a trained steer adapter) is replayed from its site on the
+    adapter-disabled model, one recorded base pass for all multipliers; any other adapter is
+    scored attached, once per multiplier.
+    """
+    site = _single_vector(model)
+    if site is not None:
+        positions = model.peft_config[model.active_adapter].positions
+        steerings = [Steering(*site, float(m), positions) for m in multipliers]
+        with model.disable_adapter():
+            if supports_site_cache(model.get_base_model()):
+                return _replayed_candidates(ctx, model.get_base_model(), fmt, steerings)
     candidates = []
     for multiplier in multipliers:
         with model.using_multiplier(multiplier):
             accuracy, margin = score(ctx, Scorable(model, fmt))
         candidates.append(Candidate(layer, float(multiplier), accuracy, margin))
     return candidates
+
+
+def _single_vector(model: PeftModel) -> tuple[int, torch.Tensor] | None:
+    """(layer, vector) of a model steered by one unmerged `add` vector at one block and nothing else, else None."""
+    if len(model.peft_config) != 1:
+        return None
+    config = model.peft_config[model.active_adapter]
+    merged = any(layer.merged for layer in model.modules() if isinstance(layer, SteerLayer))
+    if not isinstance(config, SteerConfig) or config.operator != "add" or merged:
+        return None
+    vectors = model.get_vectors()
+    return next(iter(vectors.items())) if len(vectors) == 1 else None
 
 
 def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
