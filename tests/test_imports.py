@@ -10,14 +10,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "steerft"
 
-# Left for the tuner's own step (issue 8 names it): `tuner.register` imports the config and model
-# classes inside `register_steer_method`, while `tuner.config` imports STEER_PEFT_TYPE from it.
-KNOWN_LAZY_EDGES = {("steerft.tuner.register", "steerft.tuner.config"), ("steerft.tuner.register", "steerft.tuner.model")}
-
-# Left for the owners of study/evaluate.py (the scoring engine's step): the reply cross-entropy reads
-# summed log-probs straight from metrics.logprobs.
-KNOWN_REACHES = {("steerft.study.evaluate", "steerft.metrics.logprobs")}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -113,8 +105,7 @@ def test_circle_finder_finds_a_circle():
 
 
 def test_no_import_circles():
-    edges = {name: {t for t in targets if (name, t) not in KNOWN_LAZY_EDGES} for name, targets in graph().items()}
-    assert circles(edges) == []
+    assert circles(graph()) == []
 
 
 def test_modules_import_only_what_other_packages_export():
@@ -129,7 +120,7 @@ def test_modules_import_only_what_other_packages_export():
             if module not in MODULES or _is_package_init(module):
                 continue
             owner = module.rpartition(".")[0]
-            if owner in ("steerft", here) or here.startswith(owner + ".") or (name, module) in KNOWN_REACHES:
+            if owner in ("steerft", here) or here.startswith(owner + "."):
                 continue  # the top-level modules, and a package's own modules
             if imported is None and not module.rpartition(".")[2].startswith("_"):
                 continue

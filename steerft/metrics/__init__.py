@@ -37,7 +37,7 @@ from .preference import (
     steerability,
 )
 from .site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
-from .side_effects import cross_entropy, kl_to_base, reference_continuations
+from .side_effects import base_log_distributions, cross_entropy, kl_to_base, reference_continuations
 from .stats import Interval, chance_band, distinguishable_from_zero, mean_ci95, paired_interval, t_critical
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "answer_letter",
     "answer_shift",
     "anti_steerable_fraction",
+    "base_log_distributions",
     "chance_band",
     "competence_check",
     "competence_warning",

@@ -20,9 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data import BehaviourItem, ContrastPair, PromptFormatter, load_texts
 from ..jobs import startup
-from ..metrics import preference
-from ..metrics.preference import PreferenceResult
-from ..metrics.side_effects import base_log_distributions
+from ..metrics import PreferenceResult, base_log_distributions, preference
 from ..runconfig import ConfigError
 from .scorable import Scorable
 

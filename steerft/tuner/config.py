@@ -13,7 +13,7 @@ from peft.config import PeftConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 
-from .register import STEER_PEFT_TYPE
+from .peft_type import STEER_PEFT_TYPE
 
 POSITIONS = ("all", "prompt", "completion")
 OPERATORS = ("add", "ablate", "ablate_add")

@@ -1,46 +1,20 @@
-"""Make `steer` a PEFT method.
+"""Make `steer` a PEFT method: fill PEFT's method tables for the `STEER` member of `PeftType`.
 
-PEFT keys its method tables by members of its closed `PeftType` enum. This is the one place where
-steerft adds a member to it and fills those tables (what `peft.register_peft_method` does, which
-we cannot call: it insists that the member's value equals its upper-cased name).
-
-The member's value is what `save_pretrained` writes as `peft_type` in `adapter_config.json`. A
-process that loads such an adapter without `import steerft` fails in PEFT with `KeyError(<value>)`,
-so the value itself tells the user what to do.
+This is what `peft.register_peft_method` does, which we cannot call: it insists that the member's
+value equals its upper-cased name, and ours carries a hint for users instead (`tuner.peft_type`).
 """
 
 from __future__ import annotations
 
-from peft.utils.peft_types import PeftType
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
-STEER_NAME = "steer"
-STEER_VALUE = "STEER (run `import steerft` before loading this adapter)"
-
-
-def _add_peft_type_member(name: str, value: str) -> PeftType:
-    """Append a member to the closed `PeftType` enum (idempotent)."""
-    if name in PeftType.__members__:
-        return PeftType[name]
-    member = str.__new__(PeftType, value)
-    member._name_ = name
-    member._value_ = value
-    PeftType._member_map_[name] = member
-    PeftType._value2member_map_[value] = member
-    PeftType._member_names_.append(name)
-    type.__setattr__(PeftType, name, member)  # EnumType.__setattr__ refuses new members
-    return member
-
-
-STEER_PEFT_TYPE = _add_peft_type_member(STEER_NAME.upper(), STEER_VALUE)
+from .config import SteerConfig
+from .model import SteerModel
+from .peft_type import STEER_PEFT_TYPE
 
 
 def register_steer_method() -> None:
     """Register SteerConfig/SteerModel with PEFT once per process."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-
-    from .config import SteerConfig
-    from .model import SteerModel
-
     PEFT_TYPE_TO_CONFIG_MAPPING[STEER_PEFT_TYPE] = SteerConfig
     PEFT_TYPE_TO_TUNER_MAPPING[STEER_PEFT_TYPE] = SteerModel
     PEFT_TYPE_TO_PREFIX_MAPPING[STEER_PEFT_TYPE] = SteerModel.prefix
