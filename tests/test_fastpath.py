@@ -122,17 +122,14 @@ def test_study_selection_by_replay_equals_selection_by_attaching():
 
 
 def test_reply_cross_entropy_runs_the_shared_request_once_and_matches_the_plain_path():
-    from steerft.data import PromptFormatter
-    from steerft.study.context import GENERAL_TEXT_REQUEST
-    from steerft.study.evaluate import reply_cross_entropy
-    from steerft.study.scorable import Scorable
+    from steerft.metrics import cross_entropy
 
     model, tokenizer = tiny_model("gpt2")
-    scorable = Scorable(model, PromptFormatter(tokenizer))
+    prompt = "Write a short paragraph.\n"
     texts = ["A short text.", "Another, somewhat longer piece of plain text.", "x"]
-    rows = [encode(tokenizer, scorable.prompt(GENERAL_TEXT_REQUEST), scorable.fmt.completion(t)) for t in texts]
+    rows = [encode(tokenizer, prompt, t) for t in texts]
     sums, counts = summed_logprobs(model, rows, batch_size=2, pad=tokenizer.pad_token_id)
-    got = reply_cross_entropy(scorable, tokenizer, texts, batch_size=2)
+    got = cross_entropy(model, tokenizer, texts, prompt=prompt, batch_size=2)
     assert got == pytest.approx((-sums.sum() / counts.sum()).item(), abs=1e-5)
 
 

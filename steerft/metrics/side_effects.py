@@ -17,7 +17,7 @@ from ..batching import EncodedRow, encode, text_ids
 from ._forward import as_base, check_base_model, device_of, inference, pad_id
 from .generation import greedy_ids
 from .logprobs import summed_logprobs
-from .site_cache import completion_log_distributions, shared_batches
+from .site_cache import completion_log_distributions, shared_batches, shared_prompt_logprobs
 
 
 def reference_continuations(
@@ -111,15 +111,26 @@ def _check_lengths(base_prompts: Sequence[str], method_prompts: Sequence[str], c
 
 
 def cross_entropy(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, batch_size: int = 16
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    prompt: str | None = None,
+    batch_size: int = 16,
 ) -> float:
-    """Token-averaged next-token cross-entropy (nats) on plain texts; report adapted minus base.
+    """Token-averaged next-token cross-entropy (nats) of `texts`; report adapted minus base.
 
-    Texts get the tokenizer's own BOS handling; every token after the first is scored (and counts
-    as completion, so a positions="completion" adapter steers the text it is scored on).
+    Without `prompt`, plain texts: the tokenizer's own BOS handling, every token after the first
+    scored. With it, each text is scored as the reply to `prompt` (one shared pass over the prompt),
+    so a system prompt or demonstrations act on it as they would in use. Scored tokens count as
+    completion, so a positions="completion" adapter steers the text it is scored on.
     """
     if not texts:
         raise ValueError("cross_entropy needs at least one text.")
+    if prompt is not None:
+        rows = [encode(tokenizer, prompt, text) for text in texts]
+        sums = shared_prompt_logprobs(model, rows, batch_size=batch_size, pad=pad_id(tokenizer))
+        return (-sums.sum() / sum(row.completion_length for row in rows)).item()
     rows = [EncodedRow(text_ids(tokenizer, text), 1) for text in texts]
     short = [i for i, row in enumerate(rows) if len(row.ids) < 2]
     if short:
