@@ -20,6 +20,10 @@ class EncodedRow:
     ids: list[int]
     prompt_length: int
 
+    @property
+    def completion_length(self) -> int:
+        return len(self.ids) - self.prompt_length
+
 
 @dataclass
 class Batch:
