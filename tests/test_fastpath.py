@@ -104,7 +104,7 @@ def test_study_selection_by_replay_equals_selection_by_attaching():
     items = [BehaviourItem(id=str(i), prompt=p, matching="yes, gladly", not_matching="no thanks")
              for i, p in enumerate(PROMPTS)]
     config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
-                             eval=SimpleNamespace(batch_size=4))
+                             select_caps={}, eval=SimpleNamespace(batch_size=4))
     ctx = SimpleNamespace(tokenizer=tokenizer, config=config, data=SimpleNamespace(val=items))
     fmt = PromptFormatter(tokenizer)
     vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) for layer in (0, 2)}
@@ -112,7 +112,7 @@ def test_study_selection_by_replay_equals_selection_by_attaching():
     attached = []
     for layer, vector in vectors.items():
         with steered(model, {layer: vector}, "completion") as peft_model:
-            attached += select.multipliers_on(ctx, peft_model, fmt, layer, config.multipliers)
+            attached += select.multipliers_on(ctx, peft_model, fmt, layer, config.multipliers)[1 if attached else 0:]
     assert [(c.layer, c.multiplier, c.val_accuracy) for c in replayed.grid] == \
            [(c.layer, c.multiplier, c.val_accuracy) for c in attached]
     torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in replayed.grid]),

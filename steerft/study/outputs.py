@@ -80,6 +80,8 @@ def point_rows(points: Sequence[Point], records: dict[str, dict[str, Any]]) -> l
             "kl": record["kl"], "ce": record["ce"], "delta_ce": record["ce"] - base["ce"], "params": record["params"],
             "layer": choice.get("layer"), "multiplier": choice.get("multiplier"),
             "demonstrations": choice.get("demonstrations"), "wall_time_s": record["wall_time_s"],
+            "candidates": len(choice.get("select_by_grid", [])),
+            "excluded_candidates": sum(c.get("excluded") is not None for c in choice.get("select_by_grid", [])),
         })
     return rows
 

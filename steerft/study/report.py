@@ -100,8 +100,15 @@ def _header(config: StudyConfig, summary: dict[str, Any]) -> str:
             f"Methods: {methods}. n = {', '.join(map(str, config.n))}; seeds = "
             f"{', '.join(map(str, config.seeds))}. Held-out test split: {summary['test_items']} items (the same for "
             f"every method; never used to choose anything). Layers and multipliers chosen on the validation split "
-            f"by {config.select_by.replace('_', ' ')}. Trained methods: {config.train.budget()}, "
-            "at every n.")
+            f"by {config.select_by.replace('_', ' ')}: {_selection_rules(config)} Trained methods: "
+            f"{config.train.budget()}, at every n.")
+
+
+def _selection_rules(config: StudyConfig) -> str:
+    caps = ", ".join(f"{name} <= {cap:g}" for name, cap in config.select_caps.items())
+    return ("multiplier 0 (don't steer) always competes" + (f", candidates over the side-effect caps ({caps}) are "
+            "excluded" if caps else ", no side-effect caps") + ", and a gentler candidate wins when its paired "
+            "validation difference to the best is not distinguishable from zero.")
 
 
 def _data(summary: dict[str, Any]) -> str:
@@ -264,13 +271,18 @@ def _crossover_sentence(name: str, tuned: dict[int, Stats], steering: dict[str, 
 
 def _choices(rows: list[dict[str, Any]]) -> str:
     chosen: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    excluded: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for row in sorted((r for r in rows if r["layer"] is not None), key=lambda r: (r["n"], r["seed"])):
         chosen[row["method"]][row["n"]].append(f"L{row['layer']} x{row['multiplier']:g}")
+        excluded[row["method"]][0] += row.get("excluded_candidates", 0)
+        excluded[row["method"]][1] += row.get("candidates", 0)
     if not chosen:
         return "## Choices made on validation\n\nNo method chose a layer or multiplier."
     lines = [f"- **{method}**: " + "; ".join(f"n={n}: {', '.join(picks)}" for n, picks in by_n.items())
-             for method, by_n in chosen.items()]
-    return "## Choices made on validation\n\nLayer and multiplier per seed:\n\n" + "\n".join(lines)
+             + (f" ({excluded[method][0]} of {excluded[method][1]} candidates over a side-effect cap)"
+                if excluded[method][1] else "") for method, by_n in chosen.items()]
+    return ("## Choices made on validation\n\nLayer and multiplier per seed (x0: not steering won; every candidate, "
+            "with its validation KL, delta CE and any exclusion, is in points.jsonl):\n\n" + "\n".join(lines))
 
 
 def _definitions(config: StudyConfig, methods: list[str]) -> str:
