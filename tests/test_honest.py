@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,21 @@ def test_a_clearly_better_candidate_wins_over_gentler_ones():
     assert best_of([zero, mild, strong], "mean_margin").best is strong
 
 
+def test_side_effects_are_measured_only_where_the_choice_needs_them():
+    measured: list[float] = []
+
+    def measure(c: Candidate) -> Candidate:
+        measured.append(c.multiplier)
+        broken = c.multiplier == 8
+        return replace(c, val_kl=5.0 if broken else 0.1, excluded="kl 5 > cap 1" if broken else None)
+
+    base = [0.1 * i for i in range(32)]
+    grid_ = [candidate(m, [x + lift for x in base]) for m, lift in ((0.0, 0.0), (2.0, 1.0), (4.0, 2.0), (8.0, 9.0))]
+    choice = best_of(grid_, "mean_margin", measure)
+    assert choice.best.multiplier == 4.0 and measured == [8.0, 4.0]  # x8 scores best but breaks the model
+    assert choice.grid[3].excluded == "kl 5 > cap 1" and choice.grid[0].val_kl is None  # never needed
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny")
@@ -221,7 +237,7 @@ def test_a_study_on_an_unanswerable_ab_set_checks_competence_with_the_letters(ti
     # so the cap sits below that
     run_study(build(StudyConfig, {
         "name": "ab", "model": str(tiny_dir), "dataset": str(ab_file), "methods": ["caa"], "n": [2], "seeds": [0],
-        "layers": [1], "multipliers": [100000.0], "train": {"adapter": {"layers": [2]}}, "wandb": False,
+        "layers": [1], "multipliers": [-100000.0, 100000.0], "train": {"adapter": {"layers": [2]}}, "wandb": False,
         "output_dir": str(out), "select_caps": {"kl": 0.005},
         "eval": {"test_items": 12, "val_items": 8, "neutral_prompts": 2, "general_texts": 2, "generation_prompts": 1,
                  "generation_tokens": 2, "reference_tokens": 4}}))
@@ -234,8 +250,10 @@ def test_a_study_on_an_unanswerable_ab_set_checks_competence_with_the_letters(ti
     assert report.startswith("> **WARNING") and "Splits by matching answer: test 12 (A 6, B 6)" in report
     caa = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()][1]
     grid_ = caa["choice"]["select_by_grid"]
-    assert grid_[0]["multiplier"] == 0.0 and grid_[1]["multiplier"] == 100000.0
-    assert grid_[1]["excluded"].startswith("kl ") and caa["choice"]["multiplier"] == 0.0
+    assert grid_[0]["multiplier"] == 0.0 and [c["multiplier"] for c in grid_[1:]] == [-100000.0, 100000.0]
+    better = [c for c in grid_[1:] if c["val_mean_margin"] > grid_[0]["val_mean_margin"]]
+    assert better and all(c["excluded"].startswith("kl ") for c in better)  # scored better, broke the model
+    assert caa["choice"]["multiplier"] == 0.0
 
 
 # --------------------------------------------------------------------------- config, prompt format, load hygiene

@@ -10,9 +10,11 @@ margin, the default, or accuracy), and three rules keep the choice honest:
   model's continuations of the study's neutral prompts, and `delta_ce`, the change of general-text
   cross-entropy. A candidate above a cap is excluded (kept in the record with the reason); it
   cannot win however well it scores, since a vector that breaks the model is not a steering result.
-* **Paired comparison, gentlest on a tie.** The best candidate by mean is compared with each
-  gentler one (smaller validation KL, else smaller |multiplier|) on the same validation items;
-  the gentlest whose paired difference to the best is not distinguishable from zero wins.
+* **Paired comparison, gentlest on a tie.** The best allowed candidate by mean is compared with
+  each gentler one (smaller |multiplier|, 0 first) on the same validation items; the gentlest
+  allowed one whose paired difference to the best is not distinguishable from zero wins. Side
+  effects are measured only for the candidates this walk reaches (the best-scoring ones down to
+  the first within the caps, and the gentler ones that tie with it), so a large grid stays cheap.
 
 Extracted vectors on a plain model are scored by `site_logprobs`: one recorded base pass over the
 validation items serves every candidate, each of which re-runs only the blocks above its layer.
@@ -20,8 +22,8 @@ validation items serves every candidate, each of which re-runs only the blocks a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from peft import PeftModel
@@ -83,29 +85,39 @@ def _mean(candidate: Candidate, select_by: str) -> float:
     return candidate.val_accuracy if select_by == "accuracy" else candidate.val_mean_margin
 
 
-def _gentleness(candidate: Candidate) -> tuple[float, float]:
-    return (candidate.val_kl if candidate.val_kl is not None else abs(candidate.multiplier), abs(candidate.multiplier))
+def best_of(candidates: Sequence[Candidate], select_by: str,
+            measure: Callable[[Candidate], Candidate] | None = None) -> Choice:
+    """The gentlest allowed candidate not distinguishably worse, on the same validation items, than the best.
 
+    Gentler means a smaller |multiplier| (0 first). `measure` fills in a candidate's side effects
+    (and exclusion) when they are first needed, so only the candidates that could win pay for them;
+    without it, candidates come measured (or uncapped).
+    """
+    grid = list(candidates)
 
-def best_of(candidates: Sequence[Candidate], select_by: str) -> Choice:
-    """The gentlest allowed candidate not distinguishably worse, on the same validation items, than the best."""
-    allowed = [c for c in candidates if c.excluded is None]
-    if not allowed:
+    def allowed(i: int) -> bool:
+        if measure is not None and grid[i].val_kl is None and grid[i].val_delta_ce is None:
+            grid[i] = measure(grid[i])
+        return grid[i].excluded is None
+
+    ranked = sorted(range(len(grid)), key=lambda i: (-_mean(grid[i], select_by), abs(grid[i].multiplier)))
+    top = next((i for i in ranked if allowed(i)), None)
+    if top is None:
         raise ValueError("best_of: every candidate is excluded; the multiplier-0 candidate should always compete.")
-    top = max(allowed, key=lambda c: (_mean(c, select_by), -_gentleness(c)[0], -abs(c.multiplier)))
     label = select_by.replace("_", " ")
-    for candidate in sorted(allowed, key=_gentleness):
-        if candidate is top:
+    for i in sorted(range(len(grid)), key=lambda i: abs(grid[i].multiplier)):
+        if abs(grid[i].multiplier) >= abs(grid[top].multiplier):
             break
-        if not candidate.val_margins or not top.val_margins:
+        if not grid[i].val_margins or not grid[top].val_margins:
             continue
-        difference = paired_interval(_values(top, select_by), _values(candidate, select_by))
-        if not distinguishable_from_zero(difference):
-            return Choice(candidate, tuple(candidates), (
-                f"gentler than the best by {label} (L{top.layer} x{top.multiplier:g}): paired validation difference "
-                f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}] not distinguishable from 0"))
-    return Choice(top, tuple(candidates), f"best by {label} among {len(allowed)} allowed candidates "
-                                          f"({len(candidates) - len(allowed)} over a side-effect cap)")
+        difference = paired_interval(_values(grid[top], select_by), _values(grid[i], select_by))
+        if not distinguishable_from_zero(difference) and allowed(i):
+            return Choice(grid[i], tuple(grid), (
+                f"gentler than the best by {label} (L{grid[top].layer} x{grid[top].multiplier:g}): paired validation "
+                f"difference {difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}] not "
+                "distinguishable from 0"))
+    over = sum(c.excluded is not None for c in grid)
+    return Choice(grid[top], tuple(grid), f"best by {label} ({over} better-scoring candidates over a side-effect cap)")
 
 
 def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, layer: int,
@@ -127,29 +139,36 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
     """Best (layer, multiplier) for per-layer candidate vectors added to `model` under `fmt`'s prompts.
 
     `model` is left unchanged: each layer's vector is attached only while it is scored, or, on a
-    plain model, added by the block replay without attaching anything.
+    plain model, added by the block replay without attaching anything. Side effects are measured
+    only for the candidates `best_of` has to check (one attach each).
     """
-    if supports_site_cache(model):
-        first = next(iter(vectors))
-        steerings = [Steering(first, vectors[first], 0.0, ctx.config.positions)]
-        steerings += [Steering(layer, vector, float(m), ctx.config.positions)
-                      for layer, vector in vectors.items() for m in with_zero(ctx.config.multipliers)[1:]]
-        results = _replayed(ctx, model, fmt, steerings)
-        base = _side_effects(ctx, model, fmt, unsteered=True)
-        candidates = [_candidate(ctx, first, 0.0, results[0], base, base)]
+    positions = ctx.config.positions
+    if not supports_site_cache(model):
+        candidates: list[Candidate] = []
         for layer, vector in vectors.items():
-            with steered(model, {layer: vector}, ctx.config.positions) as peft_model:
-                for steering, result in zip(steerings[1:], results[1:]):
-                    if steering.layer == layer:
-                        with peft_model.using_multiplier(steering.multiplier):
-                            effects = _side_effects(ctx, peft_model, fmt, unsteered=False)
-                        candidates.append(_candidate(ctx, layer, steering.multiplier, result, effects, base))
+            with steered(model, {layer: vector}, positions) as peft_model:
+                candidates += multipliers_on(ctx, peft_model, fmt, layer, ctx.config.multipliers)[1 if candidates else 0:]
         return best_of(candidates, ctx.config.select_by)
-    candidates = []
-    for layer, vector in vectors.items():
-        with steered(model, {layer: vector}, ctx.config.positions) as peft_model:
-            candidates += multipliers_on(ctx, peft_model, fmt, layer, ctx.config.multipliers)[0 if not candidates else 1:]
-    return best_of(candidates, ctx.config.select_by)
+    first = next(iter(vectors))
+    steerings = [Steering(first, vectors[first], 0.0, positions)]
+    steerings += [Steering(layer, vector, m, positions)
+                  for layer, vector in vectors.items() for m in with_zero(ctx.config.multipliers)[1:]]
+    unmeasured = [Candidate(s.layer, s.multiplier, r.accuracy, r.mean_margin, val_margins=tuple(r.margins.tolist()))
+                  for s, r in zip(steerings, _replayed(ctx, model, fmt, steerings))]
+    base: dict[str, float] = {}
+
+    def measure(candidate: Candidate) -> Candidate:
+        if not base:
+            base.update(_side_effects(ctx, model, fmt, unsteered=True))
+        if candidate.multiplier == 0:
+            effects = base
+        else:
+            with steered(model, {candidate.layer: vectors[candidate.layer]}, positions) as peft_model:
+                with peft_model.using_multiplier(candidate.multiplier):
+                    effects = _side_effects(ctx, peft_model, fmt, unsteered=False)
+        return _measured(ctx, candidate, effects, base)
+
+    return best_of(unmeasured, ctx.config.select_by, measure if ctx.config.select_caps else None)
 
 
 def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, unsteered: bool) -> dict[str, float]:
@@ -169,13 +188,19 @@ def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, 
 
 def _candidate(ctx: StudyContext, layer: int, multiplier: float, result: PreferenceResult, effects: dict[str, float],
                base: dict[str, float]) -> Candidate:
+    candidate = Candidate(layer, float(multiplier), result.accuracy, result.mean_margin,
+                          val_margins=tuple(result.margins.tolist()))
+    return _measured(ctx, candidate, effects, base)
+
+
+def _measured(ctx: StudyContext, candidate: Candidate, effects: dict[str, float], base: dict[str, float]) -> Candidate:
+    """`candidate` with its side effects and, when one is over its cap, the reason it is excluded."""
     kl = effects.get("kl")
     delta_ce = effects["ce"] - base["ce"] if "ce" in effects else None
     over = [f"{name} {value:.3g} > cap {ctx.config.select_caps[name]:g}"
             for name, value in (("kl", kl), ("delta_ce", delta_ce))
             if value is not None and value > ctx.config.select_caps[name]]
-    return Candidate(layer, float(multiplier), result.accuracy, result.mean_margin, kl, delta_ce,
-                     "; ".join(over) or None, tuple(result.margins.tolist()))
+    return replace(candidate, val_kl=kl, val_delta_ce=delta_ce, excluded="; ".join(over) or None)
 
 
 def _replayed(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
