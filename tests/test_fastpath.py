@@ -104,7 +104,7 @@ def test_study_selection_by_replay_equals_selection_by_attaching():
     items = [BehaviourItem(id=str(i), prompt=p, matching="yes, gladly", not_matching="no thanks")
              for i, p in enumerate(PROMPTS)]
     config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
-                             eval=SimpleNamespace(batch_size=4))
+                             select_caps={}, eval=SimpleNamespace(batch_size=4))
     ctx = SimpleNamespace(tokenizer=tokenizer, config=config, data=SimpleNamespace(val=items))
     fmt = PromptFormatter(tokenizer)
     vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) for layer in (0, 2)}
@@ -112,7 +112,7 @@ def test_study_selection_by_replay_equals_selection_by_attaching():
     attached = []
     for layer, vector in vectors.items():
         with steered(model, {layer: vector}, "completion") as peft_model:
-            attached += select.multipliers_on(ctx, peft_model, fmt, layer, config.multipliers)
+            attached += select.multipliers_on(ctx, peft_model, fmt, layer, config.multipliers)[1 if attached else 0:]
     assert [(c.layer, c.multiplier, c.val_accuracy) for c in replayed.grid] == \
            [(c.layer, c.multiplier, c.val_accuracy) for c in attached]
     torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in replayed.grid]),
@@ -192,7 +192,7 @@ def _study_context(model, tokenizer, items):
     from steerft.study.context import StudyContext, StudyData
 
     config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
-                             eval=SimpleNamespace(batch_size=3))
+                             select_caps={}, eval=SimpleNamespace(batch_size=3))
     return StudyContext(config, model, tokenizer, StudyData(items, items[:2], items, None), PROMPTS[:2],
                         [" yes indeed", " no"], ["A text."], PROMPTS[:1], [1], [1])
 
@@ -254,11 +254,11 @@ def test_trained_vector_multipliers_by_replay_equal_scoring_it_attached(arch, po
     monkeypatch.setattr(select, "site_logprobs", lambda *a, **k: replays.append(1) or site_logprobs(*a, **k))
     candidates = select.multipliers_on(ctx, trained, ctx.fmt, 2, [0.5, -2.0, 3.0])
     assert replays and trained.peft_config["default"].multiplier == 1.0
-    plain = _scored_one_by_one(ctx, trained, ctx.fmt, [0.5, -2.0, 3.0])
+    plain = _scored_one_by_one(ctx, trained, ctx.fmt, [0.0, 0.5, -2.0, 3.0])  # "don't steer" is tried first
     assert [c.val_accuracy for c in candidates] == [accuracy for accuracy, _ in plain]
     torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in candidates]),
                                torch.tensor([margin for _, margin in plain]), rtol=0, atol=1e-4)
-    assert len({round(c.val_mean_margin, 3) for c in candidates}) == 3  # the multipliers did differ
+    assert len({round(c.val_mean_margin, 3) for c in candidates}) == 4  # the multipliers did differ
 
 
 def test_multipliers_on_falls_back_to_attached_scoring_where_a_replay_cannot_apply(monkeypatch):
@@ -277,7 +277,7 @@ def test_multipliers_on_falls_back_to_attached_scoring_where_a_replay_cannot_app
     for steered_model in (two_blocks, ablation):
         candidates = select.multipliers_on(ctx, steered_model, ctx.fmt, 1, [1.0, 2.0])
         assert [(c.val_accuracy, c.val_mean_margin) for c in candidates] == \
-            _scored_one_by_one(ctx, steered_model, ctx.fmt, [1.0, 2.0])
+            _scored_one_by_one(ctx, steered_model, ctx.fmt, [0.0, 1.0, 2.0])
 
 
 def _dpo_trainer(arch, peft_config, tmp_path, **args):

@@ -17,6 +17,7 @@ from steerft.metrics import (
     ab_probability,
     answer_letter,
     anti_steerable_fraction,
+    competence_check,
     competence_warning,
     completion_logprobs,
     cross_entropy,
@@ -243,18 +244,30 @@ def _result(margins) -> PreferenceResult:
     return PreferenceResult(ids=[str(i) for i in range(len(margins))], logp_positive=margins, logp_negative=torch.zeros_like(margins))
 
 
-def test_competence_warning_fires_at_chance_only():
+def test_competence_warning_fires_when_a_two_answer_format_is_at_chance_only():
+    answers = ["Yes", "No"] * 20
     at_chance = _result([0.02, -0.03, 0.01, -0.01] * 10)
     with pytest.warns(UserWarning, match="AT CHANCE on preference"):
-        message = competence_warning(at_chance, metric_name="preference")
+        message = competence_warning(at_chance, metric_name="preference", matching_answers=answers)
     assert message is not None and "meaningless" in message
-    competent = _result([3.0, 2.0, 4.0, -0.5] * 10)
+    competent = _result([3.0, 2.0, 4.0, -0.5] * 10)  # every Yes item right, half the No items
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert competence_warning(competent, metric_name="preference") is None
-    confident_but_at_chance = _result([5.0, -5.0] * 20)  # half right: confidence is not competence
+        assert competence_warning(competent, metric_name="preference", matching_answers=answers) is None
+    confident_but_at_chance = _result([5.0, -5.0] * 20)  # always "Yes": confidence is not competence
     with pytest.warns(UserWarning, match="AT CHANCE"):
-        assert competence_warning(confident_but_at_chance, metric_name="preference") is not None
+        assert competence_warning(confident_but_at_chance, metric_name="preference", matching_answers=answers)
+
+
+def test_free_completion_verdict_is_reported_but_does_not_gate():
+    half_right = _result([5.0, -5.0] * 20)
+    verdict = competence_check(half_right, metric_name="preference")
+    assert (verdict.passed, verdict.gating) == (False, False)
+    assert "starting point" in verdict.message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert competence_warning(half_right, metric_name="preference") is None
+    assert competence_check(_result([3.0, 2.0, 4.0, -0.5] * 10), metric_name="preference").passed
 
 
 def test_competence_warning_sees_a_pure_letter_bias(tiny):

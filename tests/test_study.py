@@ -96,7 +96,9 @@ def test_micro_study_writes_every_output(finished):
     report = (finished / "report.md").read_text()
     for method in ("none", "caa", "lora-sft"):
         assert f"| {method} |" in report
-    assert "fine-tuning overtakes steering" in report and "**lora-sft**" in report
+    # the tiny random model is at chance: the report says so first and claims no crossover
+    assert report.startswith("> **WARNING: THE BASE MODEL IS AT CHANCE")
+    assert "fine-tuning overtakes steering\n\nNot reported: the base model is at chance" in report
     generations = sorted(p.name for p in (finished / "generations").iterdir())
     assert len(generations) == 9 and "caa_n2_seed0.json" in generations
     sample = json.loads((finished / "generations" / "caa_n2_seed0.json").read_text())

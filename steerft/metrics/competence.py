@@ -40,7 +40,11 @@ class CompetenceVerdict:
     (at this test size and, for two-answer formats, this answer bias); ``p_value`` is the
     one-sided exact p-value against chance (None when it cannot be computed, e.g. every item
     matches the same answer). ``answer_shares`` is the share of items on which the model chose
-    each answer: its answer bias.
+    each answer: its answer bias. ``gating`` says whether a failed check makes effects on the metric
+    uninterpretable: so for two-answer formats, where a model that does not read the items still
+    shows answer-bias "effects"; not for free completions, whose margin is the model's own
+    likelihood of the full answers, so a base preference near 0.5 is the behaviour's starting
+    point rather than a format the model fails to read.
     """
 
     passed: bool
@@ -52,12 +56,13 @@ class CompetenceVerdict:
     per_answer_accuracy: dict[str, float]
     answer_shares: dict[str, float]
     message: str
+    gating: bool = True
 
     def as_dict(self) -> dict:
         return {"passed": self.passed, "statistic_name": self.statistic_name, "statistic": self.statistic,
                 "n": self.n, "chance_band": list(self.chance_band), "p_value": self.p_value,
                 "per_answer_accuracy": self.per_answer_accuracy, "answer_shares": self.answer_shares,
-                "message": self.message}
+                "message": self.message, "gating": self.gating}
 
 
 def competence_check(result: Numbers | PreferenceResult | ABResult,
@@ -86,9 +91,10 @@ def competence_check(result: Numbers | PreferenceResult | ABResult,
 
 def competence_warning(base_result: PreferenceResult | ABResult, *, metric_name: str,
                        matching_answers: Sequence[str | None] | None = None) -> str | None:
-    """The check's message when the base model is not measurably above chance (also warned), else None."""
+    """The check's message when a gating check fails (also warned): the base model is not measurably above
+    chance on a two-answer format. None otherwise."""
     verdict = competence_check(base_result, matching_answers, metric_name=metric_name)
-    if verdict.passed:
+    if verdict.passed or not verdict.gating:
         return None
     warnings.warn(verdict.message, stacklevel=2)
     return verdict.message
@@ -178,8 +184,13 @@ def _free_verdict(correct: torch.Tensor, metric_name: str, alpha: float) -> Comp
     passed = p_value < alpha
     detail = (f"accuracy {accuracy:.3f} over {n} items (chance band {band[0]:.3f}-{band[1]:.3f}, one-sided "
               f"exact binomial p = {p_value:.3g})")
-    return CompetenceVerdict(passed, "accuracy", accuracy, n, band, p_value, {}, {},
-                             _message(passed, metric_name, detail, alpha, bias=""))
+    if passed:
+        message = f"The base model prefers the matching completion above chance on {metric_name}: {detail}."
+    else:
+        message = (f"The base model does not prefer the matching completion above chance on {metric_name}: {detail}. "
+                   "Free completions have no answer format to fail: this is the behaviour's starting point, and "
+                   "effects are shifts of the model's own likelihood of the full answers.")
+    return CompetenceVerdict(passed, "accuracy", accuracy, n, band, p_value, {}, {}, message, gating=False)
 
 
 def _single_answer_verdict(correct: torch.Tensor, answer: str, metric_name: str) -> CompetenceVerdict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..adapter import KINDS as ADAPTER_KINDS
 from ..adapter import AdapterSpec, default_learning_rate
@@ -18,6 +19,7 @@ from ..extract.activations import REDUCTIONS
 from ..training import TRAINER_DEFAULTS, check_trainer, epoch_steps, for_method
 from ..tuner import POSITIONS
 from .methods import METHODS
+from .select import SIDE_EFFECTS
 
 SELECT_BY = ("mean_margin", "accuracy")
 
@@ -34,6 +36,8 @@ JUDGE_KINDS = ("fitted", "classifier", "none")
 # nor `trainer.learning_rate` names one: around steerft.adapter's defaults, one step either side.
 DEFAULT_LEARNING_RATE_GRIDS: dict[str, list[float]] = {"steer": [0.03, 0.1], "lora": [1e-3, 5e-3],
                                                        "full": [1e-5, 5e-5]}
+
+DEFAULT_SELECT_CAPS = {"kl": 1.0, "delta_ce": 0.5}  # nats: KL per token on neutral prompts, general-text CE
 
 
 @dataclass
@@ -119,7 +123,7 @@ class EvalSettings:
     """How much held-out data each point is scored on (caps bound CPU time; null: all)."""
 
     test_items: int | None = 40  # the fixed test split every method is scored on
-    val_items: int | None = 16  # validation items for choosing layer and multiplier
+    val_items: int | None = 48  # validation items for choosing layer and multiplier (paired comparison needs many)
     neutral_prompts: int | None = 16  # KL to the base model
     general_texts: int | None = 8  # delta cross-entropy
     generation_prompts: int | None = 8
@@ -154,6 +158,12 @@ class StudyConfig:
     positions: str = "all"  # tokens steered by every vector method
     caa_reduce: str = "mean"  # extracted vectors read the mean over the completion, or its `last` token
     max_demonstrations: int = 8  # few-shot: at most this many of the n items as demonstrations
+    # --- honest selection and data hygiene (steerft.study.select, context; README "Config keys")
+    # side-effect budget of layer/multiplier selection: a candidate over a cap cannot win ({}: no caps)
+    select_caps: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SELECT_CAPS))
+    max_prompt_tokens: int | None = None  # drop items whose formatted prompt is longer (counted in the report)
+    max_completion_tokens: int | None = None  # drop items with a longer completion (counted in the report)
+    chat_template: str = "auto"  # auto | none | <path to a Jinja template>; see context.prompt_format
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -201,7 +211,8 @@ def check(config: StudyConfig) -> None:
                               "own study to fix its split (or drop split_file).")
     _check_train(config.train)
     _check_judge(config.judge)
-    _positive(config, ("max_demonstrations", "threads", "workers"))
+    _positive(config, ("max_demonstrations", "threads", "workers", "max_prompt_tokens", "max_completion_tokens"))
+    _check_honesty_keys(config)
     _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
 
 
@@ -233,6 +244,19 @@ def _check_judge(judge: JudgeSettings) -> None:
     if (judge.kind == "classifier") != (judge.name_or_path is not None):
         raise ConfigError("judge.name_or_path names the classifier of judge.kind: classifier, and only it; "
                           "set both or neither.")
+
+
+def _check_honesty_keys(config: StudyConfig) -> None:
+    if not isinstance(config.select_caps, dict):
+        raise ConfigError(f"select_caps={config.select_caps!r} must be a mapping, e.g. {DEFAULT_SELECT_CAPS}.")
+    for key, cap in config.select_caps.items():
+        if key not in SIDE_EFFECTS:
+            raise ConfigError(f"select_caps.{key}: not a side effect; allowed keys: {', '.join(SIDE_EFFECTS)}.")
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+            raise ConfigError(f"select_caps.{key}={cap!r} must be a positive number (drop the key for no cap).")
+    if config.chat_template not in ("auto", "none") and not Path(config.chat_template).is_file():
+        raise ConfigError(f"chat_template={config.chat_template!r}: use auto, none or the path of a Jinja template "
+                          "file; no such file.")
 
 
 def _non_empty_unique(key: str, values: list) -> None:

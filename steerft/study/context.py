@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..data import BehaviourItem, ContrastPair, PromptFormatter, load_texts
+from ..data import (
+    BehaviourDataError,
+    BehaviourItem,
+    ContrastPair,
+    PromptFormatter,
+    answer_balance,
+    answer_key,
+    length_filter,
+    load_behaviour,
+    load_texts,
+)
 from ..jobs import startup
 from ..metrics import PreferenceResult, base_log_distributions, preference
+from ..models import is_base_builtin, load_tokenizer
 from ..runconfig import ConfigError
 from .scorable import Scorable
 
@@ -41,11 +53,13 @@ class StudyData:
     val: list[BehaviourItem]
     test: list[BehaviourItem]
     system_prompt: str | None
+    hygiene: dict[str, Any] = field(default_factory=dict)  # drop counts and split balance, for the report
 
 
 def load_data(config: StudyConfig) -> StudyData:
-    """Load and split the dataset, refusing an n the training split cannot supply."""
-    dataset, splits = startup.load_splits(config)
+    """Load, length-filter and split the dataset, refusing an n the training split cannot supply."""
+    filtered: dict[str, Any] = {}
+    dataset, splits = startup.load_splits(config, lambda source, fields: _filtered(config, source, fields, filtered))
     if max(config.n) > len(splits.train):
         raise ConfigError(f"n={config.n}: the training split of {dataset.name!r} has only {len(splits.train)} items; "
                           "lower n, or lower val_frac/test_frac.")
@@ -53,8 +67,69 @@ def load_data(config: StudyConfig) -> StudyData:
     if system_prompt is None and any("system-prompt" in m for m in config.methods):
         raise ConfigError(f"methods: the system-prompt methods need a system prompt, and dataset "
                           f"{config.dataset!r} has none; set system_prompt: '...' in the config.")
-    return StudyData(splits.train, _cap(splits.val, config.eval.val_items), _cap(splits.test, config.eval.test_items),
-                     system_prompt)
+    val, test = _cap(splits.val, config.eval.val_items), _cap(splits.test, config.eval.test_items)
+    two_answer = all(answer_key(item.matching, item.not_matching) for item in dataset.items)
+    hygiene = {"dropped": dict(dataset.dropped), **filtered,
+               "balance": answer_balance(splits._replace(val=val, test=test)) if two_answer else None}
+    return StudyData(splits.train, val, test, system_prompt, hygiene)
+
+
+def _filtered(config: StudyConfig, source: str, fields: dict | None, counts: dict[str, Any]):
+    """The dataset with the config's token-length filter applied (counts go into `counts`)."""
+    dataset = load_behaviour(source, fields=fields)
+    limits = {k: getattr(config, k) for k in ("max_prompt_tokens", "max_completion_tokens") if getattr(config, k)}
+    if not limits:
+        return dataset
+    tokenizer = load_tokenizer(config.model)
+    prompt_format(config, tokenizer)
+    kept, dropped = length_filter(dataset.items, PromptFormatter(tokenizer), **limits)
+    if not kept:
+        raise BehaviourDataError(f"the length filter ({limits}) dropped all {len(dataset.items)} items; raise the limits")
+    counts |= {"limits": limits, "length_filter": dropped}
+    return replace(dataset, items=kept)
+
+
+def prompt_format(config: StudyConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Set the tokenizer's chat template as `chat_template` says; returns the format in words, for the report.
+
+    `none`: plain text ("Question: ...\\nAnswer:"). A path: that Jinja template. `auto` (default):
+    the tokenizer's own template, except for models the built-in registry marks as base models
+    (e.g. gemma3-270m, whose GGUF ships no template), which get plain text: a base model was never
+    trained on turn markers. A hub base model whose tokenizer carries a template is not detectable
+    this way; set `chat_template: none` for it.
+    """
+    if config.chat_template == "none" or (config.chat_template == "auto" and is_base_builtin(config.model)):
+        tokenizer.chat_template = None
+        reason = "chat_template: none" if config.chat_template == "none" else f"{config.model} is a base model"
+        return f"plain text, Question: ... Answer: ({reason})"
+    if config.chat_template != "auto":
+        tokenizer.chat_template = Path(config.chat_template).read_text()
+        return f"chat template from {config.chat_template}"
+    if tokenizer.chat_template:
+        return "the tokenizer's own chat template"
+    return "plain text, Question: ... Answer: (the tokenizer has no chat template)"
+
+
+SYSTEM_PROBE = "steerft system prompt probe"
+
+
+def check_system_prompt(config: StudyConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse system-prompt methods where the prompt format has no place for a system prompt.
+
+    Plain text puts the system prompt first, as its own paragraph. A chat template must render a
+    system message in its own way (its own role, or folded into the first user turn as Gemma 3
+    does); one that raises on it or drops it is refused with the reason.
+    """
+    if not any("system-prompt" in m for m in config.methods) or not tokenizer.chat_template:
+        return
+    try:
+        text = PromptFormatter(tokenizer, system_prompt=SYSTEM_PROBE).prompt("Hello?")
+    except Exception as err:  # a template's own refusal (jinja2 TemplateError, ValueError, ...)
+        raise ConfigError(f"methods: the system-prompt methods need a system prompt, and {config.model}'s chat "
+                          f"template refuses one ({err}); drop those methods or set chat_template: none.") from err
+    if SYSTEM_PROBE not in text:
+        raise ConfigError(f"methods: {config.model}'s chat template drops the system message, so the system-prompt "
+                          "methods would be the bare model; drop them or set chat_template: none.")
 
 
 def _cap(items: list[T], limit: int | None) -> list[T]:
@@ -127,8 +202,10 @@ def base_kl_reference(ctx: StudyContext) -> list[torch.Tensor]:
 
 
 def load_base_model(config: StudyConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The base model, on the GPU when there is one."""
+    """The base model, on the GPU when there is one, its tokenizer set to the config's prompt format."""
     model, tokenizer = startup.load_job_model(config.model)
+    prompt_format(config, tokenizer)
+    check_system_prompt(config, tokenizer)
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
 
 

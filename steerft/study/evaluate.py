@@ -17,18 +17,24 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from ..batching import encode
-from ..data import ContrastPair
+from ..data import BehaviourItem, ContrastPair, answer_key
 from ..metrics import (
     ab_result,
     answer_letter,
-    competence_warning,
+    competence_check,
+    cross_entropy,
     generate_samples,
     kl_to_base,
     preference,
-    shared_prompt_logprobs,
 )
-from .context import GENERAL_TEXT_REQUEST, StudyContext, base_kl_reference, base_pairs, base_preference
+from .context import (
+    GENERAL_TEXT_REQUEST,
+    StudyContext,
+    base_kl_reference,
+    base_pairs,
+    base_preference,
+    prompt_format,
+)
 from .judging import judged_metrics
 from .scorable import Scorable
 
@@ -36,7 +42,12 @@ TEST_METRIC = "test completion preference"
 
 
 def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) -> dict[str, Any]:
-    """Every metric of one point; `baseline` adds the base model's competence check and answer bias."""
+    """Every metric of one point; `baseline` adds the base model's competence verdict and answer bias.
+
+    The verdict judges two-answer formats (A/B, Yes/No) with the answer bias removed: each test
+    item's matching answer (`matching_answers`, also recorded, so answer shifts can be found in
+    every method's saved margins later) goes into `competence_check`.
+    """
     batch_size = ctx.config.eval.batch_size
     model, tokenizer = scorable.model, ctx.tokenizer
     pairs = scorable.pairs(ctx.data.test)
@@ -47,7 +58,11 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
         ab = ab_result(result, pairs)
         record |= {"letter_bias": ab.letter_bias, "a_matching_share": ab.a_matching_share}
     if baseline:
-        record["competence_warning"] = competence_warning(result, metric_name=TEST_METRIC)
+        answers = matching_answers(ctx.data.test)
+        verdict = competence_check(result, answers, metric_name=TEST_METRIC)
+        record |= {"matching_answers": answers, "competence": verdict.as_dict(),
+                   "competence_warning": None if verdict.passed or not verdict.gating else verdict.message,
+                   "data": {**ctx.data.hygiene, "chat_template": prompt_format(ctx.config, ctx.tokenizer)}}
     base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
     method_prompts = [scorable.prompt(p) for p in ctx.neutral_prompts]
     return {
@@ -68,11 +83,15 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
 
 def reply_cross_entropy(scorable: Scorable, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
                         batch_size: int) -> float:
-    """Token-averaged cross-entropy (nats) of each text as the reply to GENERAL_TEXT_REQUEST, run once a batch."""
-    prompt = scorable.prompt(GENERAL_TEXT_REQUEST)
-    rows = [encode(tokenizer, prompt, scorable.fmt.completion(text)) for text in texts]
-    sums = shared_prompt_logprobs(scorable.model, rows, batch_size=batch_size, pad=tokenizer.pad_token_id)
-    return (-sums.sum() / sum(row.completion_length for row in rows)).item()
+    """Token-averaged cross-entropy (nats) of each text as the reply to GENERAL_TEXT_REQUEST under the method's
+    own prompt, so a system prompt or demonstrations act on it and every method is scored on the same tokens."""
+    return cross_entropy(scorable.model, tokenizer, [scorable.fmt.completion(text) for text in texts],
+                         prompt=scorable.prompt(GENERAL_TEXT_REQUEST), batch_size=batch_size)
+
+
+def matching_answers(items: Sequence[BehaviourItem]) -> list[str | None]:
+    """Each item's matching answer ("A"/"B", "Yes"/"No"), None for free completions."""
+    return [answer_key(item.matching, item.not_matching) for item in items]
 
 
 def _letter_answers(pairs: Sequence[ContrastPair]) -> bool:

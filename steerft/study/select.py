@@ -1,17 +1,30 @@
 """Choosing a steering method's layer and multiplier on the validation split, never on test.
 
 Every candidate is scored by completion preference on the validation items (`select_by`: mean
-margin, the default, or accuracy); ties go to the smaller |multiplier|, the gentler edit. The whole
-grid is recorded with the choice so a study can show how sharp the optimum was.
+margin, the default, or accuracy), and three rules keep the choice honest:
 
-Extracted vectors on a plain model are scored by `site_logprobs`: one recorded base pass over the
-validation items serves every candidate, each of which re-runs only the blocks above its layer.
+* **Doing nothing competes.** A multiplier-0 candidate (the model unsteered, under the method's
+  prompt) is always in the grid, so a method whose vectors do not help is chosen as "don't steer".
+* **A side-effect budget.** Where `select_caps` names a cap, each candidate's side effect is
+  measured against the same model unsteered: `kl`, KL(unsteered || steered) along the base
+  model's continuations of the study's neutral prompts, and `delta_ce`, the change of general-text
+  cross-entropy. A candidate above a cap is excluded (kept in the record with the reason); it
+  cannot win however well it scores, since a vector that breaks the model is not a steering result.
+* **Paired comparison, gentlest on a tie.** The best allowed candidate by mean is compared with
+  each gentler one (smaller |multiplier|, 0 first) on the same validation items; the gentlest
+  allowed one whose paired difference to the best is not distinguishable from zero wins. Side
+  effects are measured only for the candidates this walk reaches (the best-scoring ones down to
+  the first within the caps, and the gentler ones that tie with it), so a large grid stays cheap.
+
+Extracted vectors on a plain model, and a trained steer adapter's single vector, are scored by
+`site_logprobs`: one recorded base pass over the validation items serves every candidate, each of
+which re-runs only the blocks above its layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from peft import PeftModel
@@ -19,29 +32,101 @@ from torch import nn
 
 from ..batching import encode
 from ..data import PromptFormatter
-from ..metrics import PreferenceResult, Steering, preference, site_logprobs, supports_site_cache
+from ..metrics import (
+    PreferenceResult,
+    Steering,
+    distinguishable_from_zero,
+    kl_to_base,
+    paired_interval,
+    preference,
+    site_logprobs,
+    supports_site_cache,
+)
 from ..tuner import SteerConfig, SteerLayer
 from .context import StudyContext
+from .evaluate import reply_cross_entropy
 from .scorable import Scorable, steered
+
+SIDE_EFFECTS = ("kl", "delta_ce")
+"""What `select_caps` may cap."""
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """One (layer, multiplier) scored on validation; `excluded` says why it may not win (None: it may)."""
+
     layer: int
     multiplier: float
     val_accuracy: float
     val_mean_margin: float
+    val_kl: float | None = None
+    val_delta_ce: float | None = None
+    excluded: str | None = None
+    val_margins: tuple[float, ...] = field(default=(), repr=False)
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "val_margins"}
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen candidate and every candidate tried."""
+    """The chosen candidate, why it was chosen, and every candidate tried."""
 
     best: Candidate
     grid: tuple[Candidate, ...]
+    reason: str = ""
 
     def as_dict(self) -> dict:
-        return {**asdict(self.best), "select_by_grid": [asdict(c) for c in self.grid]}
+        return {**self.best.record(), "selection": self.reason, "select_by_grid": [c.record() for c in self.grid]}
+
+
+def with_zero(multipliers: Sequence[float]) -> list[float]:
+    """The multipliers to try: "don't steer" (0) first, then the config's."""
+    return [0.0, *(float(m) for m in multipliers if m != 0)]
+
+
+def _values(candidate: Candidate, select_by: str) -> torch.Tensor:
+    margins = torch.tensor(candidate.val_margins, dtype=torch.float64)
+    return (margins > 0).double() if select_by == "accuracy" else margins
+
+
+def _mean(candidate: Candidate, select_by: str) -> float:
+    return candidate.val_accuracy if select_by == "accuracy" else candidate.val_mean_margin
+
+
+def best_of(candidates: Sequence[Candidate], select_by: str,
+            measure: Callable[[Candidate], Candidate] | None = None) -> Choice:
+    """The gentlest allowed candidate not distinguishably worse, on the same validation items, than the best.
+
+    Gentler means a smaller |multiplier| (0 first). `measure` fills in a candidate's side effects
+    (and exclusion) when they are first needed, so only the candidates that could win pay for them;
+    without it, candidates come measured (or uncapped).
+    """
+    grid = list(candidates)
+
+    def allowed(i: int) -> bool:
+        if measure is not None and grid[i].val_kl is None and grid[i].val_delta_ce is None:
+            grid[i] = measure(grid[i])
+        return grid[i].excluded is None
+
+    ranked = sorted(range(len(grid)), key=lambda i: (-_mean(grid[i], select_by), abs(grid[i].multiplier)))
+    top = next((i for i in ranked if allowed(i)), None)
+    if top is None:
+        raise ValueError("best_of: every candidate is excluded; the multiplier-0 candidate should always compete.")
+    label = select_by.replace("_", " ")
+    for i in sorted(range(len(grid)), key=lambda i: abs(grid[i].multiplier)):
+        if abs(grid[i].multiplier) >= abs(grid[top].multiplier):
+            break
+        if not grid[i].val_margins or not grid[top].val_margins:
+            continue
+        difference = paired_interval(_values(grid[top], select_by), _values(grid[i], select_by))
+        if not distinguishable_from_zero(difference) and allowed(i):
+            return Choice(grid[i], tuple(grid), (
+                f"gentler than the best by {label} (L{grid[top].layer} x{grid[top].multiplier:g}): paired validation "
+                f"difference {difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}] not "
+                "distinguishable from 0"))
+    over = sum(c.excluded is not None for c in grid)
+    return Choice(grid[top], tuple(grid), f"best by {label} ({over} better-scoring candidates over a side-effect cap)")
 
 
 def score(ctx: StudyContext, scorable: Scorable) -> tuple[float, float]:
@@ -51,36 +136,38 @@ def score(ctx: StudyContext, scorable: Scorable) -> tuple[float, float]:
     return result.accuracy, result.mean_margin
 
 
-def _key(candidate: Candidate, select_by: str) -> tuple[float, float]:
-    value = candidate.val_accuracy if select_by == "accuracy" else candidate.val_mean_margin
-    return value, -abs(candidate.multiplier)
-
-
-def best_of(candidates: Sequence[Candidate], select_by: str) -> Choice:
-    return Choice(max(candidates, key=lambda c: _key(c, select_by)), tuple(candidates))
-
-
 def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, layer: int,
                    multipliers: Sequence[float]) -> list[Candidate]:
-    """Score one steered model at each multiplier.
+    """Score one steered model at multiplier 0 and each of `multipliers`, side effects included.
 
-    A single added vector (a trained steer adapter) is replayed from its site on the
-    adapter-disabled model, one recorded base pass for all multipliers; any other adapter is
-    scored attached, once per multiplier.
+    A single added vector (a trained steer adapter) is scored by replay from its site on the
+    adapter-disabled model, one recorded base pass for all multipliers; any other adapter is scored
+    attached, once per multiplier. Side effects are measured with the adapter attached.
     """
-    site = _single_vector(model)
-    if site is not None:
-        positions = model.peft_config[model.active_adapter].positions
-        steerings = [Steering(*site, float(m), positions) for m in multipliers]
-        with model.disable_adapter():
-            if supports_site_cache(model.get_base_model()):
-                return _replayed_candidates(ctx, model.get_base_model(), fmt, steerings)
-    candidates = []
-    for multiplier in multipliers:
+    values = with_zero(multipliers)
+    replayed = _replayed_single_vector(ctx, model, fmt, values)
+    scored = []
+    for i, multiplier in enumerate(values):
         with model.using_multiplier(multiplier):
-            accuracy, margin = score(ctx, Scorable(model, fmt))
-        candidates.append(Candidate(layer, float(multiplier), accuracy, margin))
-    return candidates
+            result = replayed[i] if replayed is not None else preference(
+                model, ctx.tokenizer, Scorable(model, fmt).pairs(ctx.data.val), batch_size=ctx.config.eval.batch_size)
+            effects = _side_effects(ctx, model, fmt, unsteered=multiplier == 0)
+        scored.append((multiplier, result, effects))
+    base = scored[0][2]
+    return [_candidate(ctx, layer, multiplier, result, effects, base) for multiplier, result, effects in scored]
+
+
+def _replayed_single_vector(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter,
+                            multipliers: Sequence[float]) -> list[PreferenceResult] | None:
+    """Validation results at each multiplier by replay, when `model` is steered by one vector; else None."""
+    site = _single_vector(model)
+    if site is None:
+        return None
+    positions = model.peft_config[model.active_adapter].positions
+    steerings = [Steering(*site, float(m), positions) for m in multipliers]
+    with model.disable_adapter():
+        base = model.get_base_model()
+        return _replayed(ctx, base, fmt, steerings) if supports_site_cache(base) else None
 
 
 def _single_vector(model: PeftModel) -> tuple[int, torch.Tensor] | None:
@@ -100,27 +187,77 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
     """Best (layer, multiplier) for per-layer candidate vectors added to `model` under `fmt`'s prompts.
 
     `model` is left unchanged: each layer's vector is attached only while it is scored, or, on a
-    plain model, added by the block replay without attaching anything.
+    plain model, added by the block replay without attaching anything. Side effects are measured
+    only for the candidates `best_of` has to check (one attach each).
     """
-    if supports_site_cache(model):
-        steerings = [Steering(layer, vector, float(m), ctx.config.positions)
-                     for layer, vector in vectors.items() for m in ctx.config.multipliers]
-        return best_of(_replayed_candidates(ctx, model, fmt, steerings), ctx.config.select_by)
-    candidates = []
-    for layer, vector in vectors.items():
-        with steered(model, {layer: vector}, ctx.config.positions) as peft_model:
-            candidates += multipliers_on(ctx, peft_model, fmt, layer, ctx.config.multipliers)
-    return best_of(candidates, ctx.config.select_by)
+    positions = ctx.config.positions
+    if not supports_site_cache(model):
+        candidates: list[Candidate] = []
+        for layer, vector in vectors.items():
+            with steered(model, {layer: vector}, positions) as peft_model:
+                candidates += multipliers_on(ctx, peft_model, fmt, layer, ctx.config.multipliers)[1 if candidates else 0:]
+        return best_of(candidates, ctx.config.select_by)
+    first = next(iter(vectors))
+    steerings = [Steering(first, vectors[first], 0.0, positions)]
+    steerings += [Steering(layer, vector, m, positions)
+                  for layer, vector in vectors.items() for m in with_zero(ctx.config.multipliers)[1:]]
+    unmeasured = [Candidate(s.layer, s.multiplier, r.accuracy, r.mean_margin, val_margins=tuple(r.margins.tolist()))
+                  for s, r in zip(steerings, _replayed(ctx, model, fmt, steerings))]
+    base: dict[str, float] = {}
+
+    def measure(candidate: Candidate) -> Candidate:
+        if not base:
+            base.update(_side_effects(ctx, model, fmt, unsteered=True))
+        if candidate.multiplier == 0:
+            effects = base
+        else:
+            with steered(model, {candidate.layer: vectors[candidate.layer]}, positions) as peft_model:
+                with peft_model.using_multiplier(candidate.multiplier):
+                    effects = _side_effects(ctx, peft_model, fmt, unsteered=False)
+        return _measured(ctx, candidate, effects, base)
+
+    return best_of(unmeasured, ctx.config.select_by, measure if ctx.config.select_caps else None)
 
 
-def _replayed_candidates(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
-                         steerings: list[Steering]) -> list[Candidate]:
-    """Every candidate from one recorded base pass per batch (same numbers as attaching each)."""
+def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, unsteered: bool) -> dict[str, float]:
+    """The capped side effects of `model` as it steers now: KL to itself unsteered (0 when unsteered), and
+    general-text cross-entropy (`ce`, made relative to the unsteered model's by `_candidate`)."""
+    caps = ctx.config.select_caps
+    effects: dict[str, float] = {}
+    if "kl" in caps:
+        prompts = [fmt.prompt(p) for p in ctx.neutral_prompts]
+        effects["kl"] = 0.0 if unsteered else max(kl_to_base(
+            model, ctx.tokenizer, prompts, prompts, ctx.references, batch_size=ctx.config.eval.batch_size), 0.0)
+    if "delta_ce" in caps:
+        effects["ce"] = reply_cross_entropy(Scorable(model, fmt), ctx.tokenizer, ctx.general_texts,
+                                            batch_size=ctx.config.eval.batch_size)
+    return effects
+
+
+def _candidate(ctx: StudyContext, layer: int, multiplier: float, result: PreferenceResult, effects: dict[str, float],
+               base: dict[str, float]) -> Candidate:
+    candidate = Candidate(layer, float(multiplier), result.accuracy, result.mean_margin,
+                          val_margins=tuple(result.margins.tolist()))
+    return _measured(ctx, candidate, effects, base)
+
+
+def _measured(ctx: StudyContext, candidate: Candidate, effects: dict[str, float], base: dict[str, float]) -> Candidate:
+    """`candidate` with its side effects and, when one is over its cap, the reason it is excluded."""
+    kl = effects.get("kl")
+    delta_ce = effects["ce"] - base["ce"] if "ce" in effects else None
+    over = [f"{name} {value:.3g} > cap {ctx.config.select_caps[name]:g}"
+            for name, value in (("kl", kl), ("delta_ce", delta_ce))
+            if value is not None and value > ctx.config.select_caps[name]]
+    return replace(candidate, val_kl=kl, val_delta_ce=delta_ce, excluded="; ".join(over) or None)
+
+
+def _replayed(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
+              steerings: list[Steering]) -> list[PreferenceResult]:
+    """Every candidate's validation result from one recorded base pass per batch (same numbers as attaching each)."""
     pairs = Scorable(model, fmt).pairs(ctx.data.val)
     rows = [encode(ctx.tokenizer, p.prompt, p.positive) for p in pairs]
     rows += [encode(ctx.tokenizer, p.prompt, p.negative) for p in pairs]
     logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
                              pad=ctx.tokenizer.pad_token_id)
     n = len(pairs)
-    results = [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
-    return [Candidate(s.layer, s.multiplier, r.accuracy, r.mean_margin) for s, r in zip(steerings, results)]
+    return [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]

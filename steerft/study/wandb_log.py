@@ -2,6 +2,8 @@
 
 Logged from the merged point log at the end, so a resumed or multi-process study logs each point
 exactly once. Offline unless the user is logged in (`steerft.tracking`); `wandb: false` skips it.
+A base model at chance is said in every run: `warning` in its summary (with `interpretable:
+false`) and a W&B alert with the report's warning text.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from .. import tracking
 from ..runconfig import as_dict
 from .config import StudyConfig
 from .outputs import SUMMARY_METRICS
+from .report import competence_alarm
 
 LOGGED = (*SUMMARY_METRICS, "params")
 
@@ -34,7 +37,11 @@ def log_study(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str
                     run.log({"n": row["n"], "seed": row["seed"], **{k: row[k] for k in LOGGED}})
             run.log({"summary": _table(wandb, method, entry)})
             run.summary.update({"shared": entry["shared"], "params": entry["params"], "output_dir": str(out),
-                                **_best(entry)})
+                                "interpretable": summary["interpretable"], **_best(entry)})
+            if not summary["interpretable"]:
+                run.summary["warning"] = competence_alarm(summary)
+                run.alert(title=f"{config.name}: base model at chance", text=competence_alarm(summary),
+                          level=wandb.AlertLevel.WARN)
         finally:
             run.finish()
 
