@@ -24,24 +24,10 @@ from steerft.models import AdapterLoadError, load_model
 from steerft.runconfig import ConfigError, as_dict, build
 from steerft.study import StudyConfig, run_study
 from steerft.study import outputs, runner
-from steerft.testing import tiny_model
+
+pytestmark = pytest.mark.usefixtures("offline_wandb")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = tiny_model("llama", n_layers=4)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def offline_wandb(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
 
 
 def train_config(tiny_dir: Path, out: Path, **overrides) -> TrainConfig:

@@ -140,7 +140,7 @@ def test_bad_pairs_name_the_file_and_line(tiny_dir, tmp_path, line, message):
     data = tmp_path / "bad.jsonl"
     good = '{"question": "q0", "answer_matching_behavior": "yes", "answer_not_matching_behavior": "no"}'
     data.write_text(good + "\n" + line + "\n")
-    with pytest.raises(ConfigError, match=rf"bad.jsonl.*line 2|line 2.*bad.jsonl") as err:
+    with pytest.raises(ConfigError, match=r"bad.jsonl.*line 2|line 2.*bad.jsonl") as err:
         run_extraction(ExtractConfig(model=str(tiny_dir), dataset=str(data), output_dir=str(tmp_path / "x")))
     assert message in str(err.value)
 

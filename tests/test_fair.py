@@ -24,20 +24,7 @@ from steerft.study.points import read_points
 from steerft.testing import tiny_model
 from steerft.training import epoch_steps, fit_measured, training_rows
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = tiny_model("llama", n_layers=4)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def offline_wandb(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("offline_wandb")
 
 
 def study(tiny_dir: Path, out: Path, **overrides) -> StudyConfig:

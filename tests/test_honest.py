@@ -131,7 +131,7 @@ def test_n_to_80_percent_and_crossover_only_where_distinguishable():
     summary, report = study(config(), base, noisy)
     assert summary["interpretable"]
     cost = report.split("## Cost")[1]
-    assert f"| caa | " in cost and NOT_DISTINGUISHABLE in cost.split("| caa | ")[1].split("\n")[0]
+    assert "| caa | " in cost and NOT_DISTINGUISHABLE in cost.split("| caa | ")[1].split("\n")[0]
     assert "no crossover claimed" in report or "does not overtake" in report
 
     def clear(point: Point) -> list[float]:  # lora-sft far ahead of caa at every n, on every item
@@ -205,15 +205,6 @@ def test_side_effects_are_measured_only_where_the_choice_needs_them():
     choice = best_of(grid_, "mean_margin", measure)
     assert choice.best.multiplier == 4.0 and measured == [8.0, 4.0]  # x8 scores best but breaks the model
     assert choice.grid[3].excluded == "kl 5 > cap 1" and choice.grid[0].val_kl is None  # never needed
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = tiny_model("llama", n_layers=4)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture()

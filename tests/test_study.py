@@ -24,23 +24,10 @@ from steerft.study.outputs import CSV_COLUMNS
 from steerft.study.points import PointLog, read_points
 from steerft.study.report import crossover, n_to_fraction
 
+pytestmark = pytest.mark.usefixtures("offline_wandb")
+
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = tiny_model("llama", n_layers=4)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def offline_wandb(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
 
 
 def micro(tiny_dir: Path, out: Path, **overrides) -> dict:
