@@ -257,16 +257,22 @@ def _counting_steps(training_step, counts: dict[str, int], rows_per_example: int
 
 def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
                  callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = ()):
-    """`fit`, also returning the `TrainingBudget` the run actually used."""
-    trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
-                            callbacks=callbacks, report_to=report_to)
+    """`fit`, also returning the `TrainingBudget` the run actually used.
+
+    Building the trainer is counted too: DPO with an adapter computes its reference log-probs there
+    (`reference_defaults`), once, as forward-only passes.
+    """
+    started = time.perf_counter()
+    with counting_tokens([model]) as setup:
+        trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
+                                callbacks=callbacks, report_to=report_to)
     seen = {"examples": 0}
     trainer.training_step = _counting_steps(trainer.training_step, seen, 2 if method == "dpo" else 1)
-    started = time.perf_counter()
     with counting_tokens([trainer.model, getattr(trainer, "ref_model", None)]) as tokens:
         trainer.train()
     budget = TrainingBudget(steps=trainer.state.global_step, examples=seen["examples"],
-                            tokens_forward=tokens["forward"], tokens_backward=tokens["backward"],
+                            tokens_forward=setup["forward"] + tokens["forward"],
+                            tokens_backward=setup["backward"] + tokens["backward"],
                             wall_time_s=time.perf_counter() - started)
     return trainer.model, budget
 

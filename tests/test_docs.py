@@ -45,6 +45,7 @@ SHRINK = {
               "threads=1", *_EVAL),
     "truth": ("n=[2,4]", "seeds=[0]", "test_items=8", "wandb=false", "threads=1"),
 }
+INTEROP_COMMANDS = {"export", "import", "push"}  # steerft.interop: they take files and flags, not a config
 RECIPE_JOBS = {"sft.py": "train", "dpo.py": "train", "extract.py": "extract", "study.py": "study"}
 
 
@@ -93,7 +94,11 @@ def run_command(command: str, workdir: Path) -> None:
     if words[:2] == ["accelerate", "launch"]:
         words = _launched(words[2:])
     tiny = f"model={workdir / 'tiny-model'}"
-    if words[0] == "steerft":
+    if words[0] == "steerft" and words[1] in INTEROP_COMMANDS:  # file commands: the tiny model for --model
+        words = [str(workdir / "tiny-model") if before == "--model" else word
+                 for before, word in zip([None, *words], words)]
+        assert cli.main(words[1:]) == 0, command
+    elif words[0] == "steerft":
         job = words[1]
         assert cli.main([*words[1:], tiny, *SHRINK[job]]) == 0, command
     elif words[0] == "python" and words[1].startswith("recipes/"):

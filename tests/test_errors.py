@@ -93,10 +93,11 @@ def test_adapter_flag_gets_its_kinds_learning_rate(capsys):
 
 
 def test_nonnegative_summaries_never_go_below_zero():
-    rows = [{metric: value for metric in outputs.SUMMARY_METRICS} for value in (0.0, 0.0, 0.3)]
-    stats = outputs._stats(rows)
+    rows = [{"key": str(i), "kl": v, "delta_ce": v, "wall_time_s": v} for i, v in enumerate((0.0, 0.0, 0.3))]
+    records = {str(i): {"margins": [m, -m, 0.5]} for i, m in enumerate((1.0, -2.0, 0.3))}
+    stats = outputs._stats(rows, records, {"margins": [0.0, 0.0, 0.0]}, None)
     assert stats["kl"]["ci_low"] == 0.0 and stats["wall_time_s"]["ci_low"] == 0.0
-    assert stats["mean_margin"]["ci_low"] < 0.0  # signed quantities keep the plain t-interval
+    assert stats["delta_ce"]["ci_low"] < 0.0  # signed quantities keep the plain t-interval
 
 
 # --------------------------------------------------------------------------- one clear line

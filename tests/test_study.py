@@ -83,9 +83,10 @@ def test_micro_study_writes_every_output(finished):
     report = (finished / "report.md").read_text()
     for method in ("none", "caa", "lora-sft"):
         assert f"| {method} |" in report
-    # the tiny random model is at chance: the report says so first and claims no crossover
-    assert report.startswith("> **WARNING: THE BASE MODEL IS AT CHANCE")
-    assert "fine-tuning overtakes steering\n\nNot reported: the base model is at chance" in report
+    # free completions have no answer format to fail: the base model's preference is reported, not an alarm
+    competence = summary["baseline"]["competence"]
+    assert competence["gating"] is False and summary["interpretable"] is True
+    assert not report.startswith("> **WARNING") and competence["message"] in report
     generations = sorted(p.name for p in (finished / "generations").iterdir())
     assert len(generations) == 9 and "caa_n2_seed0.json" in generations
     sample = json.loads((finished / "generations" / "caa_n2_seed0.json").read_text())

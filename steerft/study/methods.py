@@ -9,13 +9,13 @@ memoised in the context, so e.g. `random` reuses the CAA vector's layer, norm an
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from ..data import BehaviourItem, contrast_pairs, training_subset
@@ -162,11 +162,20 @@ def _caa_on_system_prompt(ctx: StudyContext, n: int, seed: int) -> Scorable:
                     choice=_vector_record(choice, vector))
 
 
+def _merged_copy(ctx: StudyContext, lora: nn.Module) -> nn.Module:
+    """The LoRA's weights merged into a fresh copy of the base model. Not a deepcopy of the trained model:
+    training leaves an instance-level forward wrapper on it whose closure still calls the original, so a
+    copy would run the original's blocks and ignore hooks (steering vectors) attached to its own."""
+    fresh = get_peft_model(ctx.fresh_model(), lora.peft_config[lora.active_adapter])
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(lora))
+    return fresh.merge_and_unload()
+
+
 def _caa_on_lora(ctx: StudyContext, n: int, seed: int) -> Scorable:
     """The base model's CAA vector on top of the merged LoRA-SFT model of the same (n, seed)."""
     tuned = _trained(ctx, n, seed, "sft", "lora")
     lora = tuned.model
-    merged = copy.deepcopy(lora).merge_and_unload()
+    merged = _merged_copy(ctx, lora)
     vectors = _vectors(ctx, n, seed, "mean_diff")
     choice = choose_steering(ctx, merged, ctx.fmt, vectors)
     vector = vectors[choice.best.layer]
