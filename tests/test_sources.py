@@ -3,6 +3,7 @@ all offline."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,3 +111,18 @@ def test_the_wheel_carries_the_bundled_data_and_study_configs(tmp_path):
     result = subprocess.run([sys.executable, "-c", _USE_INSTALLED, str(installed)], check=True, cwd=elsewhere,
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed)})
     assert result.stdout.split() == [str(len(load_behaviour("sentiment"))), "quick"]
+
+
+def test_a_config_takes_hub_options_as_a_mapping(tmp_path):
+    """`dataset: {path: json, data_files: ...}` in a YAML reaches `datasets.load_dataset` (here offline, a local file)."""
+    from steerft.jobs.startup import load_splits
+    from steerft.runconfig import build
+    from steerft.study import StudyConfig
+
+    rows = [{"question": f"Q{i}?", "answer_matching_behavior": f" yes {i}", "answer_not_matching_behavior": f" no {i}"}
+            for i in range(20)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = build(StudyConfig, {"dataset": {"path": "json", "data_files": str(tmp_path / "rows.jsonl")}}, where="test")
+    _, splits = load_splits(config)
+    prompts = sorted(item.prompt for item in splits.train + splits.val + splits.test)
+    assert len(prompts) == 20 and all(any(row["question"] in p for p in prompts) for row in rows)

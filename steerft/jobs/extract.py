@@ -29,7 +29,7 @@ class ExtractConfig:
     """Settings of `steerft extract` (YAML keys = field names)."""
 
     model: str = DEFAULT_MODEL
-    dataset: str = "sentiment"
+    dataset: str | dict = "sentiment"  # a name or path, or {path, config, split, data_files, revision} for `datasets`
     fields: dict | None = None
     layers: list[int] = field(default_factory=lambda: [6, 10, 14, 18, 22])
     estimators: list[str] = field(default_factory=lambda: ["mean_diff", "pca", "logistic"])

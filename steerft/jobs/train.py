@@ -40,7 +40,7 @@ class TrainConfig:
     """Settings of `steerft train` and the recipes (YAML keys = field names; `adapter` and `trainer` are sections)."""
 
     model: str = DEFAULT_MODEL
-    dataset: str = "sentiment"
+    dataset: str | dict = "sentiment"  # a name or path, or {path, config, split, data_files, revision} for `datasets`
     fields: dict | None = None  # column renames, as for load_behaviour
     method: str = "sft"  # sft | dpo
     adapter: AdapterSpec = field(default_factory=AdapterSpec)

@@ -141,7 +141,7 @@ class StudyConfig:
 
     name: str = "study"  # W&B group and report title
     model: str = DEFAULT_MODEL
-    dataset: str = "sentiment"
+    dataset: str | dict = "sentiment"  # a name or path, or {path, config, split, data_files, revision} for `datasets`
     datasets: list[str] | None = None  # several behaviours, one study: the grid runs on each (overrides `dataset`)
     split_file: str | None = None  # JSON {"test": [ids], "validation": [ids]} fixing the held-out splits
     fields: dict | None = None  # column renames, as for load_behaviour
