@@ -5,7 +5,7 @@ in the study runner and in the extract job (`steerft.jobs.extract`).
 """
 
 from .activations import REDUCTIONS, read_activations, read_rows, site_readers
-from .estimators import ESTIMATORS, Direction, estimate
+from .estimators import ESTIMATORS, Direction, estimate, fit_logistic
 from .pipeline import Extraction, PairActivations, fit_directions, pair_activations, save_adapter, save_vectors, truth_directions
 from .report import LayerReport, write_report
 
@@ -18,6 +18,7 @@ __all__ = [
     "PairActivations",
     "estimate",
     "fit_directions",
+    "fit_logistic",
     "pair_activations",
     "read_activations",
     "read_rows",

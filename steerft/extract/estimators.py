@@ -178,7 +178,7 @@ def logistic(pos: Tensor, neg: Tensor, *, l2: float = 1e-2, max_iter: int = 500)
     x = torch.cat([pos, neg])
     x = _rms_normalise(x - x.mean(0))
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
-    weight, fit = _fit_logistic(x, y, l2=l2, max_iter=max_iter)
+    weight, _, fit = fit_logistic(x, y, l2=l2, max_iter=max_iter)
     return _direction("logistic", _unit(weight, "the logistic probe weight"), pos - neg, l2=l2, **fit)
 
 
@@ -191,8 +191,9 @@ def _rms_normalise(centred: Tensor) -> Tensor:
 
 @torch.inference_mode(False)
 @torch.enable_grad()
-def _fit_logistic(x: Tensor, y: Tensor, *, l2: float, max_iter: int) -> tuple[Tensor, dict[str, Any]]:
-    """Full-batch L-BFGS; autograd is forced on so callers may hold inference_mode."""
+def fit_logistic(x: Tensor, y: Tensor, *, l2: float, max_iter: int = 500) -> tuple[Tensor, float, dict[str, Any]]:
+    """(weight, bias, fit info) minimising mean log-loss + l2/2 |w|^2: full-batch L-BFGS in float64, deterministic
+    (zero start). Autograd is forced on so callers may hold inference_mode."""
     x, y = x.clone(), y.clone()
     params = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
@@ -215,7 +216,7 @@ def _fit_logistic(x: Tensor, y: Tensor, *, l2: float, max_iter: int) -> tuple[Te
     loss = closure()
     weight, bias = params.detach()[:-1], params.detach()[-1]
     accuracy = ((x @ weight + bias > 0).double() == y).double().mean()
-    return weight, {
+    return weight, float(bias), {
         "loss": float(loss.detach()),
         "grad_norm": float(params.grad.norm()),
         "n_iter": int(opt.state_dict()["state"][0]["n_iter"]),

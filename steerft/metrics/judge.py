@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..batching import EncodedRow, batches, encode, text_ids
 from ..data import BehaviourItem, ContrastPair, PromptFormatter
-from ..extract import REDUCTIONS, read_rows
+from ..extract import REDUCTIONS, fit_logistic, read_rows
 from ..tuner import block_count
 from ._forward import as_base, check_base_model, device_of, inference, pad_id
 from .fluency import fluency_score, harmonic_mean, reply_loglik, repetition_rate
@@ -201,6 +200,8 @@ def fit_judge(
     formatter = PromptFormatter(tokenizer)
     if not 0 < held_out_frac < 1:
         raise JudgeError(f"held_out_frac={held_out_frac} must be in (0, 1).")
+    if l2 <= 0:
+        raise JudgeError(f"l2={l2} must be > 0: without a penalty a separable judge split has no finite fit.")
     n_held_out = round(len(items) * held_out_frac)
     if n_held_out < 1 or len(items) - n_held_out < 2:
         raise JudgeError(f"{len(items)} judge items are too few to fit and test a judge with held_out_frac="
@@ -222,7 +223,7 @@ def fit_judge(
     x_fit, y_fit = features_and_labels(fit)
     mean, scale = x_fit.mean(0), x_fit.std(0, correction=0)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    weight, bias = _fit_logistic_regression((x_fit - mean) / scale, y_fit, l2=l2)
+    weight, bias, _ = fit_logistic((x_fit - mean) / scale, y_fit, l2=l2)
     x_test, y_test = features_and_labels(held_out)
     correct = int(((_logits(x_test, mean, scale, weight, bias) > 0).double() == y_test).sum())
     judge = FittedJudge(tokenizer, layer, reduce, mean, scale, weight, bias, HeldOutAccuracy(correct, len(y_test)),
@@ -258,27 +259,6 @@ def _refuse_near_chance(held_out: HeldOutAccuracy, alpha: float) -> None:
 
 @torch.inference_mode(False)
 @torch.enable_grad()
-def _fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, *, l2: float) -> tuple[torch.Tensor, float]:
-    """Weight and bias minimising mean log-loss + l2/2 |w|^2 (full-batch L-BFGS, float64, deterministic)."""
-    if l2 <= 0:
-        raise JudgeError(f"l2={l2} must be > 0: without a penalty a separable judge split has no finite fit.")
-    x, y = x.clone(), y.clone()
-    params = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([params], max_iter=500, history_size=20, tolerance_grad=1e-10,
-                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        weight, bias = params[:-1], params[-1]
-        loss = F.binary_cross_entropy_with_logits(x @ weight + bias, y) + 0.5 * l2 * weight.dot(weight)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    fitted = params.detach()
-    return fitted[:-1].clone(), float(fitted[-1])
-
-
 # ---------------------------------------------------------------- a judge the user names
 
 
