@@ -257,8 +257,6 @@ def _refuse_near_chance(held_out: HeldOutAccuracy, alpha: float) -> None:
             "give it more judge items, another layer, or name a classifier judge instead.")
 
 
-@torch.inference_mode(False)
-@torch.enable_grad()
 # ---------------------------------------------------------------- a judge the user names
 
 
