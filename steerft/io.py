@@ -53,6 +53,17 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def read_json_object(path: str | os.PathLike, *, fix: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in `path`, or `error` with one line naming the file and `fix` (what the user should do)."""
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(saved, dict):
+        raise error(f"{path} does not hold a JSON object; {fix}.")
+    return saved
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -14,7 +14,6 @@ import contextlib
 import fcntl  # POSIX file locks guard the shared conversion cache
 import importlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -33,6 +32,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from .io import read_json_object
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -375,11 +376,8 @@ def _load_adapter(folder: Path, **load_kwargs: Any) -> tuple[Any, PreTrainedToke
     from . import tuner  # noqa: F401  registers the `steer` PEFT method before PEFT reads the config
 
     config_file = folder / ADAPTER_CONFIG
-    try:
-        saved = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterLoadError(f"{config_file} is not valid JSON ({err}); save the adapter again.") from None
-    base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
+    saved = read_json_object(config_file, fix="save the adapter again", error=AdapterLoadError)
+    base = saved.get("base_model_name_or_path")
     if not base:
         raise AdapterLoadError(f"{config_file} does not name its base model (base_model_name_or_path); load the "
                                f"base with load_model(...) and apply the adapter with PeftModel.from_pretrained(base, "

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..data import PromptFormatter
-from ..io import write_json, write_text
+from ..io import read_json_object, write_json, write_text
 from ..jobs import startup
 from ..metrics import reference_continuations
 from ..runconfig import ConfigError, as_dict, non_negative
@@ -164,12 +164,7 @@ def _check_study_file(out: Path, config: StudyConfig, data: StudyData) -> None:
     study = _study_record(config, data)
     path = out / STUDY_FILE
     if path.is_file() and read_points(log_paths(out)):
-        try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path} is damaged ({err}); restore it, or use a new output_dir.") from None
-        if not isinstance(saved, dict):
-            raise ConfigError(f"{path} is damaged (not a JSON object); restore it, or use a new output_dir.")
+        saved = read_json_object(path, fix="restore it, or use a new output_dir", error=ConfigError)
         for key in study:
             if saved.get(key) != study[key]:
                 raise ConfigError(f"output_dir={str(out)!r} holds a study with other settings "

@@ -7,12 +7,13 @@ from an extracted vector without loading a model twice.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from ..io import read_json_object
 
 STEER_MODULE = "steer"  # the state-dict component that follows the block index
 
@@ -27,12 +28,7 @@ def load_steer_vectors(path: str | os.PathLike) -> dict[int, torch.Tensor]:
     if not (config_file.is_file() and weights_file.is_file()):
         raise ValueError(f"{str(path)!r} is not a saved steer adapter folder (with adapter_config.json and "
                          "adapter_model.safetensors).")
-    try:
-        saved = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err}); save the adapter again.") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{config_file} must hold a JSON object; save the adapter again.")
+    saved = read_json_object(config_file, fix="save the adapter again")
     if not str(saved.get("peft_type", "")).upper().startswith("STEER") or saved.get("operator", "add") != "add":
         raise ValueError(f"{str(path)!r} holds a {saved.get('peft_type')} adapter (operator "
                          f"{saved.get('operator')!r}); starting vectors must come from an additive steer adapter.")
