@@ -4,7 +4,7 @@
     accelerate launch --multi_gpu --num_processes 2 recipes/study.py --config eval/studies/full.yaml
 
 Keys are those of `steerft.study.StudyConfig`. Under `accelerate launch` the processes split the
-grid by (n, seed) group and rank 0 writes the outputs; rerunning the command resumes a study.
+grid into work units (see steerft.study.points.work_units) and rank 0 writes the outputs; rerunning the command resumes a study.
 """
 
 import sys

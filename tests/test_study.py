@@ -21,7 +21,7 @@ from steerft.jobs.truth import TruthConfig, run_truth_study
 from steerft.study import METHODS, StudyConfig, run_study
 from steerft.study import runner, select
 from steerft.study.outputs import CSV_COLUMNS
-from steerft.study.points import PointLog, read_points
+from steerft.study.points import Point, PointLog, read_points, shard, work_units
 from steerft.study.report import crossover, n_to_fraction
 
 pytestmark = pytest.mark.usefixtures("offline_wandb")
@@ -218,6 +218,25 @@ def test_every_registered_method_has_a_known_family():
 
     assert {m.family for m in METHODS.values()} <= set(FAMILIES)
     assert {name for name, m in METHODS.items() if m.shared} == {"none", "system-prompt"}
+
+
+def test_ranks_get_work_units_so_three_groups_keep_two_workers_busy():
+    """Methods sharing memoised work (caa and random read one choice; caa+lora-sft reuses lora-sft) stay on
+    one rank; independent trainings of one (n, seed) are dealt apart."""
+    points = [Point("none")] + [Point(m, n, 0) for n in (1, 4, 16)
+                                for m in ("random", "caa", "steer-sft", "lora-sft", "caa+lora-sft")]
+    units = work_units(points)
+    assert [[p.method for p in unit] for unit in units[:3]] == [
+        ["none"], ["random", "caa", "lora-sft", "caa+lora-sft"], ["steer-sft"]]
+    assert len(units) == 1 + 3 * 2
+    ranks = [shard(points, rank, 2) for rank in (0, 1)]
+    assert sorted(ranks[0] + ranks[1], key=points.index) == points
+    assert all(rank == sorted(rank, key=points.index) for rank in ranks)  # each rank keeps grid order
+    for n in (1, 4, 16):  # every group is split across both ranks, its shared work on one
+        owners = {rank for rank, mine in enumerate(ranks) for p in mine if p.n == n}
+        assert owners == {0, 1}
+        assert len({rank for rank, mine in enumerate(ranks) for p in mine
+                    if p.n == n and p.method in ("random", "caa", "lora-sft", "caa+lora-sft")}) == 1
 
 
 def test_two_local_workers_split_the_grid_and_match_one_process(tiny_dir, finished, tmp_path, capfd):

@@ -33,13 +33,15 @@ Builder = Callable[[StudyContext, "int | None", "int | None"], Scorable]
 
 @dataclass(frozen=True)
 class Method:
-    """A registry entry. `shared`: the result depends on neither n nor seed, so it is measured once."""
+    """A registry entry. `shared`: the result depends on neither n nor seed, so it is measured once.
+    `memo`: the memoised work it reads at its (n, seed); methods naming the same work run on one rank."""
 
     name: str
     family: str
     build: Builder
     shared: bool = False
     min_n: int = 1
+    memo: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -192,16 +194,16 @@ def _plus(training: dict, extraction: dict) -> dict:
 
 METHODS: dict[str, Method] = {method.name: method for method in (
     Method("none", "baseline", _none, shared=True),
-    Method("random", "baseline", _random),
-    Method("caa", "steering", partial(_extracted, estimator="mean_diff")),
-    Method("pca", "steering", partial(_extracted, estimator="pca"), min_n=2),
+    Method("random", "baseline", _random, memo=("activations", "caa choice")),
+    Method("caa", "steering", partial(_extracted, estimator="mean_diff"), memo=("activations", "caa choice")),
+    Method("pca", "steering", partial(_extracted, estimator="pca"), min_n=2, memo=("activations",)),
     Method("steer-sft", "steering", partial(_trained_vector, method="sft")),
     Method("steer-dpo", "steering", partial(_trained_vector, method="dpo")),
-    Method("lora-sft", "finetuning", partial(_fine_tuned, method="sft", adapter="lora")),
+    Method("lora-sft", "finetuning", partial(_fine_tuned, method="sft", adapter="lora"), memo=("lora-sft",)),
     Method("lora-dpo", "finetuning", partial(_fine_tuned, method="dpo", adapter="lora")),
     Method("full-sft", "finetuning", partial(_fine_tuned, method="sft", adapter="full")),
     Method("few-shot", "prompting", _few_shot),
     Method("system-prompt", "prompting", _system_prompt, shared=True),
-    Method("caa+system-prompt", "stacked", _caa_on_system_prompt),
-    Method("caa+lora-sft", "stacked", _caa_on_lora),
+    Method("caa+system-prompt", "stacked", _caa_on_system_prompt, memo=("activations",)),
+    Method("caa+lora-sft", "stacked", _caa_on_lora, memo=("activations", "lora-sft")),
 )}

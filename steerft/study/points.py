@@ -36,7 +36,7 @@ class Point:
 
     @property
     def group(self) -> tuple[int, int] | None:
-        """Points of one group share memoised work (vectors, a trained LoRA): keep them on one rank, in a row."""
+        """The (n, seed) whose memoised work (vectors, a trained LoRA) its methods may share; see `work_units`."""
         return None if self.n is None else (self.n, self.seed)
 
     def label(self) -> str:
@@ -52,10 +52,25 @@ def grid(config: StudyConfig) -> list[Point]:
 
 
 def shard(points: list[Point], rank: int, world: int) -> list[Point]:
-    """The points of rank `rank`: whole groups, dealt round-robin in grid order."""
-    groups = list(dict.fromkeys(p.group for p in points))
-    mine = {group for i, group in enumerate(groups) if i % world == rank}
-    return [p for p in points if p.group in mine]
+    """The points of rank `rank`, in grid order: work units (`work_units`) dealt round-robin.
+
+    Dealing units rather than whole (n, seed) groups keeps both ranks busy when a grid has few
+    groups (three n values on two workers), while methods that share memoised work stay together."""
+    mine = {p for i, unit in enumerate(work_units(points)) if i % world == rank for p in unit}
+    return [p for p in points if p in mine]
+
+
+def work_units(points: list[Point]) -> list[list[Point]]:
+    """Points that must run on one rank: those of one (n, seed) whose methods share memoised work
+    (`Method.memo`, transitively); every other point is a unit of its own. In grid order."""
+    units: list[tuple[set[str], list[Point]]] = []
+    for point in points:
+        work = {point.method, *METHODS[point.method].memo}
+        linked = [u for u in units if point.group is not None and u[1][0].group == point.group and u[0] & work]
+        merged = (work.union(*(u[0] for u in linked)), [p for u in linked for p in u[1]] + [point])
+        units = [u for u in units if not any(u is v for v in linked)] + [merged]
+    order = {p: i for i, p in enumerate(points)}
+    return sorted((sorted(unit, key=order.__getitem__) for _, unit in units), key=lambda unit: order[unit[0]])
 
 
 def log_path(out: Path, rank: int, world: int) -> Path:

@@ -1,7 +1,7 @@
 """`run_study`: compute every missing point of the grid, then write the outputs from the point log.
 
 With several processes (`workers: N`, or `accelerate launch` / `torchrun`) the ranks split the grid
-by (n, seed) group and never talk: each trains and scores its own points alone (a point is one
+into work units (`points.work_units`) and never talk: each trains and scores its own points alone (a point is one
 small job, so data parallelism inside it would only add communication) and appends to its own
 file. A launcher's distributed environment is hidden from the trainers so they do not wrap models
 for DDP. Rank 0 then waits until every point is in some file, merges them and writes the outputs.
