@@ -1,19 +1,21 @@
 """Training a steer adapter without re-running the blocks below its site.
 
 A vector at block L changes nothing below L, and while only the vector trains, the residual stream
-entering block L is a fixed function of each training row. `BelowSiteCache` keeps it per row (keyed
-by the row's real token ids and the column where they start) the first time a row passes through
-the model, and on a batch whose rows are all known it hands block L the stacked states while the
-blocks below return at once: the model's own embeddings, masks and rotary embeddings still run,
-and every block from L up runs as usual (forward and backward).
+entering block L is a fixed function of each training row. `BelowSiteCache` keeps it per row the
+first time a row passes through the model, and on a batch whose rows are all known it hands block
+L the stacked states while the blocks below return at once: the model's own embeddings, masks and
+rotary embeddings still run, and every block from L up runs as usual (forward and backward).
 
-Why it is exact: with default position ids a token's position is its column, so a row's states at
-its real tokens depend only on its tokens and the column of its first real token (0 with right
-padding, the pad count with left padding); pad columns never reach a real token's attention, so
-the cache fills them with zeros. A pass the cache cannot vouch for runs the full model, unchanged:
-position ids or embeddings given, a KV cache in use, a gapped attention mask, hidden states or
-attentions requested, dropout or a trainable parameter or another adapter's module below L, an
-enabled steer layer below L, mixed-adapter rows, or gradient checkpointing.
+Why it is exact: with default position ids a token's position is its column, and a causal model's
+states at a column depend only on the token ids and attention mask of the columns up to it. So a
+row is keyed by its ids and mask up to its last attended column (left padding included: the pad
+count is part of the key), and the masked columns after it, which no real token attends to, are
+zeros in the replay; a pass with a label on one of them falls back. TRL's SFT and DPO collators
+pad on the right and label no pad column, so a row's states do not depend on its batch, and rows
+hit the cache whatever the epoch's shuffle. A pass the cache cannot vouch for runs the full model,
+unchanged: position ids or embeddings given, a KV cache in use, hidden states or attentions
+requested, dropout or a trainable parameter or another adapter's module below L, an enabled steer
+layer below L, no steer layer at L, mixed-adapter rows, or gradient checkpointing.
 
 Memory: one (tokens, hidden size) tensor per distinct row, e.g. 256 x 576 float32 = 0.6 MB for
 SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
@@ -33,8 +35,9 @@ from .arch import architecture_of, block_stack, decoder_blocks
 from .blocks import block_indices
 from .config import SteerConfig
 from .layer import SteerLayer, hidden_of
+from .model import _checkpointing_on
 
-RowKey = tuple[int, tuple[int, ...]]
+RowKey = tuple[tuple[int, ...], tuple[int, ...]]  # token ids and attention mask up to the last real token
 
 
 @dataclass
@@ -73,7 +76,8 @@ class BelowSiteCache:
 
     def __enter__(self) -> "BelowSiteCache":
         self._handles = [
-            self.stack.register_forward_pre_hook(self._begin_pass, with_kwargs=True),
+            # first, so the steer layers' positions hook has not yet taken the pass's labels
+            self.stack.register_forward_pre_hook(self._begin_pass, with_kwargs=True, prepend=True),
             self.stack.register_forward_hook(self._end_pass, always_call=True),
             self.blocks[self.layer - 1].register_forward_hook(self._store),
         ]
@@ -102,7 +106,8 @@ class BelowSiteCache:
 
     def _begin_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pending = self._replay = None
-        keys = self._row_keys(args, kwargs)
+        ids = kwargs.get("input_ids", args[0] if len(args) == 1 else None)  # gpt2 passes them positionally
+        keys = self._row_keys(ids, kwargs) if len(args) <= 1 else None
         if keys is None:
             self.counts.full_passes += 1
             return
@@ -111,9 +116,9 @@ class BelowSiteCache:
             self._pending = keys
             self.counts.full_passes += 1
             return
-        self._replay = self._stacked(keys, known, kwargs["input_ids"].shape[1])
+        self._replay = self._stacked(known, ids.shape[1])
         self.counts.replayed_passes += 1
-        self.counts.replayed_tokens += kwargs["input_ids"].numel()
+        self.counts.replayed_tokens += ids.numel()
 
     def _end_pass(self, module: nn.Module, args: tuple, output) -> None:
         self._pending = self._replay = None
@@ -122,58 +127,62 @@ class BelowSiteCache:
         if self._pending is None:
             return
         hidden = hidden_of(output).detach()
-        for row, (start, ids) in enumerate(self._pending):
-            self.rows.setdefault((start, ids), hidden[row, start: start + len(ids)].clone())
+        for row, key in enumerate(self._pending):
+            self.rows.setdefault(key, hidden[row, : len(key[0])].clone())
         self._pending = None
 
-    def _stacked(self, keys: list[RowKey], states: list[torch.Tensor], width: int) -> torch.Tensor:
-        first = states[0]
-        stacked = first.new_zeros((len(keys), width, first.shape[-1]))
-        for row, ((start, ids), row_states) in enumerate(zip(keys, states)):
-            stacked[row, start: start + len(ids)] = row_states
+    @staticmethod
+    def _stacked(states: list[torch.Tensor], width: int) -> torch.Tensor:
+        """Block L's input: each row's cached columns, zeros in the masked columns after its last real token."""
+        stacked = states[0].new_zeros((len(states), width, states[0].shape[-1]))
+        for row, row_states in enumerate(states):
+            stacked[row, : len(row_states)] = row_states
         return stacked
 
     # ------------------------------------------------------------------ when the cache may serve a pass
 
-    def _row_keys(self, args: tuple, kwargs: dict) -> list[RowKey] | None:
-        """Each row's (first real column, real token ids), or None when this pass must run in full."""
-        ids = kwargs.get("input_ids")
-        if args or not isinstance(ids, torch.Tensor) or ids.ndim != 2 or not self._inputs_allow(kwargs):
-            return None
-        if not self._model_allows():
+    def _row_keys(self, ids, kwargs: dict) -> list[RowKey] | None:
+        """Each row's token ids and mask up to its last attended column, or None when this pass must run in full.
+
+        With position ids taken from the columns, a causal model's states at a column depend only on
+        the columns up to it, so this prefix fixes them (left padding included); masked columns after
+        it are read by nothing but a label placed on them, which falls back.
+        """
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or not self._inputs_allow(kwargs):
             return None
         mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(ids)
-        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
+        mask = torch.ones_like(ids) if mask is None else mask
+        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape or not bool(((mask == 0) | (mask == 1)).all()):
             return None
-        real = mask.bool()
-        lengths = real.sum(-1)
-        starts = real.int().argmax(-1)
-        columns = torch.arange(ids.shape[1], device=ids.device)
-        contiguous = (columns >= starts[:, None]) & (columns < (starts + lengths)[:, None])
-        if not bool((lengths > 0).all()) or not torch.equal(contiguous, real) or not bool(((mask == 0) | (mask == 1)).all()):
+        columns = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+        ends = (mask.bool() * columns).amax(-1)  # one past each row's last attended column
+        if not bool((ends > 0).all()) or not self._model_allows(ends):
             return None
-        rows = ids.tolist()
-        return [(s, tuple(row[s: s + n])) for row, s, n in zip(rows, starts.tolist(), lengths.tolist())]
+        return [(tuple(row[:end]), tuple(row_mask[:end]))
+                for row, row_mask, end in zip(ids.tolist(), mask.tolist(), ends.tolist())]
 
     def _inputs_allow(self, kwargs: dict) -> bool:
-        unset = ("inputs_embeds", "position_ids", "token_type_ids", "cache", "past_key_values", "cache_position")
+        unset = ("inputs_embeds", "position_ids", "token_type_ids", "cache", "past_key_values", "cache_position",
+                 "encoder_hidden_states")
         config = self.model.config
         return (all(kwargs.get(name) is None for name in unset)
                 and kwargs.get("use_cache", getattr(config, "use_cache", False)) is False
                 and not kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False))
                 and not kwargs.get("output_attentions", getattr(config, "output_attentions", False)))
 
-    def _model_allows(self) -> bool:
-        """Nothing below the site may change during the run, nor be random, nor steer mixed rows."""
-        if _checkpointing(self.model):
+    def _model_allows(self, ends: torch.Tensor) -> bool:
+        """Nothing below the site may change during the run, nor be random, nor steer mixed rows, and
+        no label may sit after a row's last real token (it would be predicted from a zeroed column).
+        The steer layer at the site sees the pass's labels (`SteerModel.forward` hands them over)."""
+        site = getattr(self.blocks[self.layer], "steer", None)
+        if not isinstance(site, SteerLayer) or _checkpointing_on(self.model):
+            return False
+        positions = site._positions
+        labelled = positions.pending_completion
+        if positions.adapter_rows is not None or (labelled is not None and _labels_after(labelled, ends)):
             return False
         upper = {id(module) for block in self.blocks[self.layer:] for module in block.modules()}
         below = [module for module in self.stack.modules() if id(module) not in upper]
-        site = getattr(self.blocks[self.layer], "steer", None)
-        if isinstance(site, SteerLayer) and site._positions.adapter_rows is not None:
-            return False
         for module in below:
             if isinstance(module, SteerLayer):
                 if not module.disable_adapters and any(name in module.vector for name in module.active_adapters):
@@ -185,15 +194,17 @@ class BelowSiteCache:
         return not any(p.requires_grad for module in below for p in module.parameters(recurse=False))
 
 
+def _labels_after(labelled: torch.Tensor, ends: torch.Tensor) -> bool:
+    """Whether a row has a label after column `ends[row]`: it is predicted from a column the cache zeroes."""
+    columns = torch.arange(labelled.shape[1], device=labelled.device)
+    return bool((labelled.to(ends.device) & (columns > ends[:, None])).any())
+
+
 def _drops_out(module: nn.Module) -> bool:
     if isinstance(module, nn.Dropout):
         return module.p > 0
     rate = getattr(module, "attention_dropout", 0.0)
     return isinstance(rate, float) and rate > 0
-
-
-def _checkpointing(model: nn.Module) -> bool:
-    return bool(getattr(model, "is_gradient_checkpointing", False) or getattr(model, "is_activation_checkpointing", False))
 
 
 def steer_site(model: nn.Module, peft_config: PeftConfig | None = None) -> tuple[int, str | None] | None:
