@@ -106,17 +106,20 @@ RUNS = [(method, adapter, cache) for method in ("sft", "dpo") for adapter, cache
 
 
 def whole_run(method: str, adapter: str, rows, cache: bool | None, *, batch_size: int, epochs: int) -> dict:
-    """Seconds from building the trainer to the end of training, the optimizer steps taken, and the
-    token positions whose blocks below the steered one were replayed from the cache."""
+    """Seconds from building the trainer to the end of training, seconds inside the optimizer steps
+    (the trainer's step callbacks), the steps taken, and the token positions whose blocks below the
+    steered one were replayed from the cache."""
     model, tokenizer = load_model()
     make_config, learning_rate = ADAPTERS[adapter]
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as scratch:
         _, budget = fit_measured(
             model, tokenizer, rows, method=method, peft_config=make_config(), cache_below_site=bool(cache),
+            callbacks=[timer],
             args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                       learning_rate=learning_rate, logging_steps=1000, seed=0, disable_tqdm=True))
-    return {"seconds": budget.wall_time_s, "steps": budget.steps, "replayed": budget.tokens_replayed,
-            "forward": budget.tokens_forward}
+    return {"seconds": budget.wall_time_s, "step_seconds": sum(timer.durations), "steps": budget.steps,
+            "replayed": budget.tokens_replayed, "forward": budget.tokens_forward}
 
 
 def whole_runs(items, fmt, *, batch_size: int, epochs: int, rounds: int) -> str:
@@ -127,18 +130,22 @@ def whole_runs(items, fmt, *, batch_size: int, epochs: int, rounds: int) -> str:
                             epochs=epochs)
             runs.setdefault((method, adapter, cache), []).append(run)
             print(f"{method} {adapter} cache={cache}: {run}", flush=True)
-    median = {key: statistics.median(run["seconds"] for run in done) for key, done in runs.items()}
-    lines = ["| method | adapter | blocks below the site | s per run (median) | runs (s) | steps | s/step "
-             "| replayed / forward tokens | LoRA ÷ this |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|"]
-    for (method, adapter, cache), done in runs.items():
+
+    def median(key: tuple, field: str) -> float:
+        return statistics.median(run[field] for run in runs[key])
+
+    lines = ["| method | adapter | blocks below the site | whole run s (median) | runs (s) | in steps s (median) "
+             "| steps | replayed / forward tokens | LoRA ÷ this: whole run | LoRA ÷ this: steps |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for key, done in runs.items():
+        method, adapter, cache = key
+        lora = (method, LORA, None)
         below = "-" if cache is None else ("once per row (cache)" if cache else "every step")
         last, seconds = done[-1], ", ".join(f"{run['seconds']:.1f}" for run in done)
-        lines.append(f"| {method.upper()} | {adapter} | {below} | {median[method, adapter, cache]:.1f} | "
-                     f"{seconds} | {last['steps']} | "
-                     f"{median[method, adapter, cache] / last['steps']:.2f} | "
-                     f"{last['replayed']:,} / {last['forward']:,} | "
-                     f"{median[method, LORA, None] / median[method, adapter, cache]:.2f}× |")
+        lines.append(f"| {method.upper()} | {adapter} | {below} | {median(key, 'seconds'):.1f} | {seconds} | "
+                     f"{median(key, 'step_seconds'):.1f} | {last['steps']} | {last['replayed']:,} / {last['forward']:,} | "
+                     f"{median(lora, 'seconds') / median(key, 'seconds'):.2f}× | "
+                     f"{median(lora, 'step_seconds') / median(key, 'step_seconds'):.2f}× |")
     return "\n".join(lines)
 
 
