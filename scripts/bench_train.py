@@ -102,7 +102,8 @@ def measure(method: str, adapter: str, rows, *, batch_size: int, warmup: int, st
 
 STEER, LORA = ADAPTERS
 # (method, adapter, cache the states entering the steered block)
-RUNS = [(method, adapter, cache) for method in ("sft", "dpo") for adapter, cache in ((STEER, True), (STEER, False), (LORA, None))]
+RUNS = [(method, adapter, cache) for method in ("sft", "dpo")
+        for adapter, cache in ((STEER, True), (STEER, False), (LORA, None))]
 
 
 def whole_run(method: str, adapter: str, rows, cache: bool | None, *, batch_size: int, epochs: int) -> dict:
@@ -143,7 +144,8 @@ def whole_runs(items, fmt, *, batch_size: int, epochs: int, rounds: int) -> str:
         below = "-" if cache is None else ("once per row (cache)" if cache else "every step")
         last, seconds = done[-1], ", ".join(f"{run['seconds']:.1f}" for run in done)
         lines.append(f"| {method.upper()} | {adapter} | {below} | {median(key, 'seconds'):.1f} | {seconds} | "
-                     f"{median(key, 'step_seconds'):.1f} | {last['steps']} | {last['replayed']:,} / {last['forward']:,} | "
+                     f"{median(key, 'step_seconds'):.1f} | {last['steps']} | "
+                     f"{last['replayed']:,} / {last['forward']:,} | "
                      f"{median(lora, 'seconds') / median(key, 'seconds'):.2f}× | "
                      f"{median(lora, 'step_seconds') / median(key, 'step_seconds'):.2f}× |")
     return "\n".join(lines)

@@ -128,7 +128,7 @@ def _sgd(model, batches: list[dict], cache, layers=(SITE,), change=None, **forwa
     if change is not None:
         change(peft_model)
     peft_model.train()
-    vector = peft_model.base_model.model.get_submodule(f"{_blocks_path(model)}.{layers[0]}").steer.vector["default"].weight
+    vector = block_list(peft_model.get_base_model())[layers[0]].steer.vector["default"].weight
     losses, grads = [], []
     with cache(peft_model) as active:
         for batch in batches:
@@ -140,10 +140,6 @@ def _sgd(model, batches: list[dict], cache, layers=(SITE,), change=None, **forwa
                 vector -= 2.0 * vector.grad
             vector.grad = None
     return losses, grads, active
-
-
-def _blocks_path(model) -> str:
-    return "transformer.h" if model.config.model_type == "gpt2" else "model.layers"
 
 
 def _assert_same_training(cached, plain) -> None:

@@ -63,7 +63,8 @@ class BelowSiteCache:
         arch = architecture_of(base, blocks_path)
         self.blocks = decoder_blocks(base, arch)
         if not 1 <= layer < len(self.blocks):
-            raise ValueError(f"BelowSiteCache needs a block with blocks below it: 1..{len(self.blocks) - 1}, got {layer}.")
+            raise ValueError(f"BelowSiteCache needs a block with blocks below it: 1..{len(self.blocks) - 1}, "
+                             f"got {layer}.")
         self.layer = layer
         self.stack = block_stack(base, arch)
         self.model = base
