@@ -14,8 +14,11 @@ zeros in the replay; a pass with a label on one of them falls back. TRL's SFT an
 pad on the right and label no pad column, so a row's states do not depend on its batch, and rows
 hit the cache whatever the epoch's shuffle. A pass the cache cannot vouch for runs the full model,
 unchanged: position ids or embeddings given, a KV cache in use, hidden states or attentions
-requested, dropout or a trainable parameter or another adapter's module below L, an enabled steer
-layer below L, no steer layer at L, mixed-adapter rows, or gradient checkpointing.
+requested, dropout or a trainable parameter or another adapter's module below L (or in the stack's
+other modules, the final norm included), an enabled steer layer below L, no steer layer at L,
+mixed-adapter rows, or gradient checkpointing. Labels are seen as the steer adapter sees them, through
+the PeftModel's forward (TRL passes them there); a caller that hands labels to the bare model instead
+must not place one after a row's last real token.
 
 Memory: one (tokens, hidden size) tensor per distinct row, e.g. 256 x 576 float32 = 0.6 MB for
 SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
@@ -197,7 +200,7 @@ class BelowSiteCache:
 
 def _labels_after(labelled: torch.Tensor, ends: torch.Tensor) -> bool:
     """Whether a row has a label after column `ends[row]`: it is predicted from a column the cache zeroes."""
-    columns = torch.arange(labelled.shape[1], device=labelled.device)
+    columns = torch.arange(labelled.shape[1], device=ends.device)
     return bool((labelled.to(ends.device) & (columns > ends[:, None])).any())
 
 
