@@ -1,7 +1,7 @@
 """Training cost of a steering vector against LoRA, with TRL's SFT and DPO trainers.
 
     OMP_NUM_THREADS=1 python scripts/bench_train.py [--threads 1] [--steps 5] [--warmup 2]
-    OMP_NUM_THREADS=1 python scripts/bench_train.py --whole-runs [--epochs 2] [--items 8] [--rounds 3]
+    OMP_NUM_THREADS=1 python scripts/bench_train.py --whole-runs [--dataset dialogues] [--epochs 2] [--items 8] [--rounds 3]
 
 SmolLM2-135M-Instruct (the default of `load_model`); steer = one vector at block 14 of 30, LoRA =
 r=8 on q_proj and v_proj. Every configuration trains on the same sentiment rows in the same order,
@@ -15,10 +15,12 @@ Measured per configuration:
   configuration through /proc/self/clear_refs) and that peak's rise over the RSS just before the
   trainer was built (activations, gradients, optimizer state, TRL's dataset copies).
 
-`--whole-runs` times whole trainings instead: `--epochs` epochs over `--items` rows, from building
-the trainer (where TRL precomputes DPO reference log-probs) to the end of `train()`, for SFT and for
-DPO with `precompute_ref_log_probs` off (TRL's default) and on (steerft's default for adapters);
-medians of `--rounds` rounds that run every configuration in turn.
+`--whole-runs` times whole trainings instead, through `steerft.training.fit_measured` (the code
+path of `steerft train` and the study): `--epochs` epochs over `--items` rows of `--dataset`, from
+building the trainer (where TRL precomputes DPO reference log-probs, steerft's default for adapters)
+to the end of `train()`, for SFT and DPO, with steer trained with the cache of the states entering
+its block (steerft's default) and without it (`cache_below_site=False`), and LoRA; medians of
+`--rounds` rounds that run every configuration in turn.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from transformers import TrainerCallback
 from steerft import SteerConfig
 from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
 from steerft.models import load_model
-from steerft.training import build_trainer, training_rows
+from steerft.training import build_trainer, fit_measured, training_rows
 
 # name -> (a fresh PEFT config, the learning rate of the recipes)
 ADAPTERS = {
@@ -98,42 +100,54 @@ def measure(method: str, adapter: str, rows, *, batch_size: int, warmup: int, st
             "peak_rss": peak, "rss_rise": peak - before}
 
 
-RUNS = [("sft", adapter, {}) for adapter in ADAPTERS] + [
-    ("dpo", adapter, {"precompute_ref_log_probs": precompute}) for adapter in ADAPTERS for precompute in (False, True)]
+STEER, LORA = ADAPTERS
+# (method, adapter, cache the states entering the steered block)
+RUNS = [(method, adapter, cache) for method in ("sft", "dpo")
+        for adapter, cache in ((STEER, True), (STEER, False), (LORA, None))]
 
 
-def whole_run(method: str, adapter: str, rows, extra: dict, *, batch_size: int, epochs: int) -> tuple[float, int]:
-    """Seconds from building the trainer to the end of training, and the optimizer steps taken."""
+def whole_run(method: str, adapter: str, rows, cache: bool | None, *, batch_size: int, epochs: int) -> dict:
+    """Seconds from building the trainer to the end of training, seconds inside the optimizer steps
+    (the trainer's step callbacks), the steps taken, and the token positions whose blocks below the
+    steered one were replayed from the cache."""
     model, tokenizer = load_model()
     make_config, learning_rate = ADAPTERS[adapter]
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as scratch:
-        start = time.perf_counter()
-        trainer = build_trainer(
-            model, tokenizer, rows, method=method, peft_config=make_config(),
+        _, budget = fit_measured(
+            model, tokenizer, rows, method=method, peft_config=make_config(), cache_below_site=bool(cache),
+            callbacks=[timer],
             args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-                      learning_rate=learning_rate, logging_steps=1000, seed=0, disable_tqdm=True, **extra))
-        trainer.train()
-        return time.perf_counter() - start, trainer.state.global_step
+                      learning_rate=learning_rate, logging_steps=1000, seed=0, disable_tqdm=True))
+    return {"seconds": budget.wall_time_s, "step_seconds": sum(timer.durations), "steps": budget.steps,
+            "replayed": budget.tokens_replayed, "forward": budget.tokens_forward}
 
 
 def whole_runs(items, fmt, *, batch_size: int, epochs: int, rounds: int) -> str:
-    times: dict[tuple, list[float]] = {}
-    steps = {}
+    runs: dict[tuple, list[dict]] = {}
     for _ in range(rounds):
-        for method, adapter, extra in RUNS:
-            key = (method, adapter, extra.get("precompute_ref_log_probs"))
-            seconds, steps[key] = whole_run(method, adapter, training_rows(method, items, fmt), extra,
-                                            batch_size=batch_size, epochs=epochs)
-            times.setdefault(key, []).append(seconds)
-            print(f"{key}: {seconds:.1f} s", flush=True)
-    lines = ["| method | adapter | reference log-probs | s per run (median) | runs (s) | steps | s/step |",
-             "|---|---|---|---:|---|---:|---:|"]
-    for (method, adapter, precompute), runs in times.items():
-        median = statistics.median(runs)
-        reference = "-" if precompute is None else ("precomputed once" if precompute else "every step")
-        lines.append(f"| {method.upper()} | {adapter} | {reference} | {median:.1f} | "
-                     f"{', '.join(f'{t:.1f}' for t in runs)} | {steps[(method, adapter, precompute)]} | "
-                     f"{median / steps[(method, adapter, precompute)]:.2f} |")
+        for method, adapter, cache in RUNS:
+            run = whole_run(method, adapter, training_rows(method, items, fmt), cache, batch_size=batch_size,
+                            epochs=epochs)
+            runs.setdefault((method, adapter, cache), []).append(run)
+            print(f"{method} {adapter} cache={cache}: {run}", flush=True)
+
+    def median(key: tuple, field: str) -> float:
+        return statistics.median(run[field] for run in runs[key])
+
+    lines = ["| method | adapter | blocks below the site | whole run s (median) | runs (s) | in steps s (median) "
+             "| steps | replayed / forward tokens | LoRA ÷ this: whole run | LoRA ÷ this: steps |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for key, done in runs.items():
+        method, adapter, cache = key
+        lora = (method, LORA, None)
+        below = "-" if cache is None else ("once per row (cache)" if cache else "every step")
+        last, seconds = done[-1], ", ".join(f"{run['seconds']:.1f}" for run in done)
+        lines.append(f"| {method.upper()} | {adapter} | {below} | {median(key, 'seconds'):.1f} | {seconds} | "
+                     f"{median(key, 'step_seconds'):.1f} | {last['steps']} | "
+                     f"{last['replayed']:,} / {last['forward']:,} | "
+                     f"{median(lora, 'seconds') / median(key, 'seconds'):.2f}× | "
+                     f"{median(lora, 'step_seconds') / median(key, 'step_seconds'):.2f}× |")
     return "\n".join(lines)
 
 
@@ -164,15 +178,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="--whole-runs: epochs per run")
     parser.add_argument("--items", type=int, default=8, help="--whole-runs: training rows")
     parser.add_argument("--rounds", type=int, default=3, help="--whole-runs: rounds")
+    parser.add_argument("--dataset", default="sentiment",
+                        help="--whole-runs: a bundled behaviour set, e.g. sentiment (one-line prompts) or dialogues "
+                             "(prompts of 150-178 tokens)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _, tokenizer = load_model()
-    dataset = load_behaviour("sentiment")
+    dataset = load_behaviour(args.dataset if args.whole_runs else "sentiment")
     if args.whole_runs:
         items = training_subset(split_items(dataset.items, seed=0).train, args.items, seed=0)
         report = whole_runs(items, PromptFormatter(tokenizer), batch_size=args.batch_size, epochs=args.epochs,
                             rounds=args.rounds)
-        print(f"\nSmolLM2-135M-Instruct, {args.items} rows, {args.epochs} epochs, batch {args.batch_size}, "
+        print(f"\nSmolLM2-135M-Instruct, {args.dataset}, {args.items} rows, {args.epochs} epochs, batch {args.batch_size}, "
               f"{args.threads} thread(s), median of {args.rounds} rounds, torch {torch.__version__}\n\n{report}")
         return
     items = training_subset(split_items(dataset.items, seed=0).train, args.batch_size * (args.warmup + args.steps), seed=0)

@@ -31,6 +31,7 @@ from .adapter import adapter_kind, default_learning_rate
 from .data import BehaviourItem, PromptFormatter, preference_rows, sft_rows
 from .runconfig import ConfigError, checked_value
 from .tuner import SteerConfig
+from .tuner.below_site import BelowSiteCache, ReplayCounts, steer_site
 
 METHODS = ("sft", "dpo")
 
@@ -207,13 +208,16 @@ class TrainingBudget:
     `tokens_forward` every token position fed to the model (padding included: it costs compute),
     reference-model passes of DPO included; `tokens_backward` those of forward passes that built a
     graph for backward (a steering vector at block L back-propagates only above L, so for it this
-    is an upper bound on backward work).
+    is an upper bound on backward work). `tokens_replayed` counts, among `tokens_forward`, the
+    positions of passes that ran only the blocks from the steered one up, the blocks below served
+    from the per-row cache (`BelowSiteCache`); 0 for other adapters.
     """
 
     steps: int
     examples: int
     tokens_forward: int
     tokens_backward: int
+    tokens_replayed: int
     wall_time_s: float
 
     def as_dict(self) -> dict[str, float]:
@@ -255,35 +259,48 @@ def _counting_steps(training_step, counts: dict[str, int], rows_per_example: int
     return step
 
 
+def below_site_cache(model, peft_config: PeftConfig | None) -> BelowSiteCache | contextlib.nullcontext:
+    """The per-row cache of block L's input for a run that trains a steer adapter at block L >= 1
+    (the blocks below cannot change, so they run once per row); a no-op context for other adapters."""
+    site = steer_site(model, peft_config)
+    return contextlib.nullcontext() if site is None else BelowSiteCache(model, *site)
+
+
 def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
-                 callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = ()):
+                 callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = (), cache_below_site: bool = True):
     """`fit`, also returning the `TrainingBudget` the run actually used.
 
     Building the trainer is counted too: DPO with an adapter computes its reference log-probs there
-    (`reference_defaults`), once, as forward-only passes.
+    (`reference_defaults`), once, as forward-only passes; with a steer adapter those passes also
+    fill the cache of the states entering the steered block, so training replays from the start.
     """
     started = time.perf_counter()
-    with counting_tokens([model]) as setup:
-        trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
-                                callbacks=callbacks, report_to=report_to)
-    seen = {"examples": 0}
-    trainer.training_step = _counting_steps(trainer.training_step, seen, 2 if method == "dpo" else 1)
-    with counting_tokens([trainer.model, getattr(trainer, "ref_model", None)]) as tokens:
-        trainer.train()
+    cache = below_site_cache(model, peft_config) if cache_below_site else contextlib.nullcontext()
+    with cache:
+        with counting_tokens([model]) as setup:
+            trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
+                                    callbacks=callbacks, report_to=report_to)
+        seen = {"examples": 0}
+        trainer.training_step = _counting_steps(trainer.training_step, seen, 2 if method == "dpo" else 1)
+        with counting_tokens([trainer.model, getattr(trainer, "ref_model", None)]) as tokens:
+            trainer.train()
+    replayed = cache.counts if isinstance(cache, BelowSiteCache) else ReplayCounts()
     budget = TrainingBudget(steps=trainer.state.global_step, examples=seen["examples"],
                             tokens_forward=setup["forward"] + tokens["forward"],
                             tokens_backward=setup["backward"] + tokens["backward"],
+                            tokens_replayed=replayed.replayed_tokens,
                             wall_time_s=time.perf_counter() - started)
     return trainer.model, budget
 
 
 def fit(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
-        callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = ()):
+        callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = (), cache_below_site: bool = True):
     """Train `model` on `rows` with SFT or DPO and return the trained model (a PeftModel unless full).
 
     `rows` is a datasets.Dataset from `training_rows`. `peft_config` goes to TRL unchanged; `args`
     are SFTConfig/DPOConfig keys over `TRAINER_DEFAULTS`. `report_to=tracking.report_to(True)` logs
-    into the active W&B run.
+    into the active W&B run. A steer adapter at block L trains without re-running blocks 0..L-1 on
+    rows already seen (`below_site_cache`; exact); `cache_below_site=False` runs every block every step.
     """
     return fit_measured(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
-                        callbacks=callbacks, report_to=report_to)[0]
+                        callbacks=callbacks, report_to=report_to, cache_below_site=cache_below_site)[0]

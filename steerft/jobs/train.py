@@ -26,7 +26,7 @@ from ..io import atomic_dir, write_json, write_text
 from ..metrics import preference
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict, build, non_negative
-from ..training import METHODS, build_trainer, check_trainer, row_counts, training_rows
+from ..training import METHODS, below_site_cache, build_trainer, check_trainer, row_counts, training_rows
 from ..tuner import SteerConfig, hidden_size
 from .startup import check_output_dir, layers_of, load_job_model, load_splits, set_threads
 
@@ -155,9 +155,11 @@ def run_training(config: TrainConfig) -> Path:
     try:
         args = {"output_dir": str(run_dir), "run_name": config.run_name, "seed": config.seed, **CHECKPOINTS,
                 **config.trainer}
-        trainer = build_trainer(model, tokenizer, training_rows(config.method, train_items, fmt), method=config.method,
-                                peft_config=adapter, args=args, report_to=tracking.report_to(config.wandb))
-        metrics = _train(trainer, config, adapter_kind(adapter), len(train_items), checkpoint, announce=main)
+        with below_site_cache(model, adapter):  # a steer adapter: blocks below it run once per row
+            trainer = build_trainer(model, tokenizer, training_rows(config.method, train_items, fmt),
+                                    method=config.method, peft_config=adapter, args=args,
+                                    report_to=tracking.report_to(config.wandb))
+            metrics = _train(trainer, config, adapter_kind(adapter), len(train_items), checkpoint, announce=main)
         metrics |= _heldout(trainer, tokenizer, val_items[: config.eval_items], fmt)
         _save(trainer, run_dir, config, train_items, metrics, main)
     finally:

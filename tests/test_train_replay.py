@@ -1,0 +1,306 @@
+"""Steer training that runs the blocks below the steered one once per row (`BelowSiteCache`):
+the same losses, gradients and vectors as running every block every step, the blocks really
+skipped on cached batches, and the full model wherever the cache cannot vouch for a pass."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model, inject_adapter_in_model
+from transformers import TrainerCallback
+
+from steerft import SteerConfig
+from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
+from steerft.testing import tiny_model
+from steerft.training import fit_measured, training_rows
+from steerft.tuner import block_list
+from steerft.tuner.below_site import BelowSiteCache, steer_site
+
+pytestmark = pytest.mark.usefixtures("offline_wandb")
+
+TEXTS = ["hi", "hello there friend", "a b c", "the quick brown fox jumps over it", "ok then, fine", "xyz"]
+SITE = 2
+
+
+def _model(arch: str):
+    """A tiny model whose blocks are deterministic in training mode (gpt2's dropout off)."""
+    model, tokenizer = tiny_model(arch, n_layers=4)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model, tokenizer
+
+
+class BlockRuns:
+    """Counts real runs of blocks below the site: a hook on a module inside the block fires only
+    when the block's own forward runs."""
+
+    def __init__(self, model, below: int = SITE) -> None:
+        self.calls = 0
+        blocks = block_list(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        self.handles = [next(iter(block.children())).register_forward_hook(self._count) for block in blocks[:below]]
+
+    def _count(self, *args) -> None:
+        self.calls += 1
+
+
+# --------------------------------------------------------------------------- whole TRL runs
+
+
+class StepLosses(TrainerCallback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+def _trl_run(arch: str, method: str, cache: bool, tmp_path):
+    model, tokenizer = _model(arch)
+    runs, losses = BlockRuns(model), StepLosses()
+    items = training_subset(split_items(load_behaviour("sentiment").items, 0).train, 6, 0)
+    trained, budget = fit_measured(model, tokenizer, training_rows(method, items, PromptFormatter(tokenizer)),
+                                   method=method, peft_config=SteerConfig(layers=[SITE]),
+                                   args={"output_dir": str(tmp_path), "num_train_epochs": 2,
+                                         "per_device_train_batch_size": 2, "learning_rate": 0.05},
+                                   callbacks=[losses], cache_below_site=cache)
+    return trained.get_vectors()[SITE], losses.losses, budget, runs.calls
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_trl_training_with_the_cache_equals_training_without(arch, method, tmp_path):
+    vector, losses, budget, ran = _trl_run(arch, method, True, tmp_path / "cached")
+    plain_vector, plain_losses, plain_budget, plain_ran = _trl_run(arch, method, False, tmp_path / "plain")
+    assert len(losses) == 6 and vector.abs().max() > 1e-3
+    assert losses == pytest.approx(plain_losses, abs=1e-5)
+    torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
+    # The blocks below the site ran once per batch of the first pass over the rows only: SFT's first
+    # epoch, DPO's reference precompute (same rows), so DPO trains entirely from the cache.
+    assert ran == 3 * SITE and plain_ran > ran
+    assert budget.tokens_replayed == (budget.tokens_forward // 2 if method == "sft" else budget.tokens_backward)
+    assert plain_budget.tokens_replayed == 0
+    assert (budget.tokens_forward, budget.tokens_backward) == (plain_budget.tokens_forward, plain_budget.tokens_backward)
+
+
+def test_other_adapters_train_without_the_cache(tmp_path):
+    model, _ = _model("llama")
+    assert steer_site(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")) is None
+    assert steer_site(model, SteerConfig(layers=[0, 3])) is None  # nothing below block 0
+    assert steer_site(model, SteerConfig(layers=[3, -3])) == (1, None)  # the lowest steered block
+    assert steer_site(get_peft_model(model, SteerConfig(layers=[2]))) == (2, None)
+
+
+# --------------------------------------------------------------------------- one step at a time, both paddings
+
+
+def _batches(tokenizer, padding_side: str, epochs: int = 3) -> list[dict]:
+    """Right padding: rows reshuffled every epoch (a row's states do not depend on its batch).
+    Left padding: a row's position depends on its pad count, so the same batches come back in a new
+    order, and one new batch whose rows sit at new offsets (it must run the blocks again)."""
+    tokenizer.padding_side = padding_side
+    order = list(range(len(TEXTS)))
+    groups = []
+    for epoch in range(epochs):
+        if padding_side == "right":
+            random.Random(epoch).shuffle(order)
+            groups += [order[:3], order[3:]]
+        else:
+            groups += [[0, 1, 2], [3, 4, 5]] if epoch % 2 == 0 else [[3, 4, 5], [0, 1, 2]]
+    if padding_side == "left":
+        groups.append([0, 3, 5])
+    batches = []
+    for group in groups:
+        encoded = tokenizer([TEXTS[i] for i in group], padding=True, return_tensors="pt")
+        batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                        "labels": encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)})
+    return batches
+
+
+def _sgd(model, batches: list[dict], cache, layers=(SITE,), change=None, **forward_kwargs):
+    """Plain SGD on the steering vector, recording each step's loss and gradient; `change` edits
+    the PeftModel first."""
+    peft_model = get_peft_model(model, SteerConfig(layers=list(layers)))
+    if change is not None:
+        change(peft_model)
+    peft_model.train()
+    vector = block_list(peft_model.get_base_model())[layers[0]].steer.vector["default"].weight
+    losses, grads = [], []
+    with cache(peft_model) as active:
+        for batch in batches:
+            loss = peft_model(**batch, use_cache=False, **forward_kwargs).loss
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(vector.grad.clone())
+            with torch.no_grad():
+                vector -= 2.0 * vector.grad
+            vector.grad = None
+    return losses, grads, active
+
+
+def _assert_same_training(cached, plain) -> None:
+    (losses, grads, _), (plain_losses, plain_grads, _) = cached, plain
+    assert losses == pytest.approx(plain_losses, abs=1e-5)
+    for grad, plain_grad in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(grad, plain_grad, rtol=0, atol=1e-5)
+    assert max(g.abs().max() for g in plain_grads) > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_each_step_has_the_same_loss_and_gradient_and_cached_batches_skip_the_blocks(arch, padding_side):
+    model, tokenizer = _model(arch)
+    batches = _batches(tokenizer, padding_side)
+    runs = BlockRuns(model)
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE))
+    ran_cached, runs.calls = runs.calls, 0
+    plain = _sgd(_model(arch)[0], batches, lambda m: contextlib.nullcontext())
+    _assert_same_training(cached, plain)
+    counts = cached[2].counts
+    # Two batches of the first epoch fill the cache (and, with left padding, the last batch's new offsets).
+    fills = 2 if padding_side == "right" else 3
+    assert (counts.full_passes, counts.replayed_passes) == (fills, len(batches) - fills)
+    assert ran_cached == fills * SITE
+    filling = batches[:2] + batches[len(batches) - fills + 2:]
+    assert counts.replayed_tokens == sum(b["input_ids"].numel() for b in batches if not any(b is f for f in filling))
+
+
+def test_the_cache_steps_off_when_its_context_ends():
+    model, tokenizer = _model("llama")
+    batches = _batches(tokenizer, "right")
+    runs = BlockRuns(model)
+    _, _, cache = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE))
+    before = runs.calls
+    model(**batches[0], use_cache=False)
+    assert runs.calls == before + SITE and cache.rows == {}
+    assert all("forward" not in block.__dict__ for block in block_list(model))
+
+
+def test_an_adapter_at_several_blocks_caches_below_the_lowest():
+    model, tokenizer = _model("llama")
+    batches = _batches(tokenizer, "right")
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, *steer_site(m)), layers=(1, 3))
+    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext(), layers=(1, 3))
+    _assert_same_training(cached, plain)
+    assert cached[2].layer == 1 and cached[2].counts.replayed_passes == len(batches) - 2
+
+
+# --------------------------------------------------------------------------- where the cache cannot apply
+
+
+def _full_path_only(model, batches, cache, **kwargs):
+    runs = BlockRuns(model)
+    result = _sgd(model, batches, cache, **kwargs)
+    assert result[2].counts.replayed_passes == 0 and result[2].counts.full_passes == len(batches)
+    assert runs.calls >= len(batches) * SITE  # gradient checkpointing runs them again in backward
+    return result
+
+
+def _with_positions(batches):
+    return [{**b, "position_ids": torch.arange(b["input_ids"].shape[1]).expand_as(b["input_ids"])} for b in batches]
+
+
+def test_a_gap_in_the_mask_is_part_of_the_key_and_stays_exact():
+    """Causal attention: a row's states up to its last real token depend on its ids and mask there, holes included."""
+    model, tokenizer = _model("llama")
+    gapped = []
+    for batch in _batches(tokenizer, "right")[:2]:
+        mask = batch["attention_mask"].clone()
+        mask[0, 2] = 0  # a hole inside the first row's tokens
+        gapped.append({**batch, "attention_mask": mask, "labels": batch["input_ids"].masked_fill(mask == 0, -100)})
+    batches = gapped * 3
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE))
+    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext())
+    _assert_same_training(cached, plain)
+    assert (cached[2].counts.full_passes, cached[2].counts.replayed_passes) == (2, 4)
+
+
+def test_a_label_on_a_pad_column_after_the_text_runs_in_full():
+    """Such a label is predicted from a column the replay zeroes; the full model keeps the loss what it was."""
+    model, tokenizer = _model("llama")
+    batches = [{**b, "labels": b["input_ids"]} for b in _batches(tokenizer, "right")]
+    cached = _full_path_only(model, batches, lambda m: BelowSiteCache(m, SITE))
+    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext())
+    _assert_same_training(cached, plain)
+
+
+@pytest.mark.parametrize("case", ["position_ids", "hidden_states", "use_cache"])
+def test_passes_the_cache_cannot_vouch_for_run_in_full_and_train_alike(case):
+    model, tokenizer = _model("llama")
+    batches = _batches(tokenizer, "right")
+    kwargs = {"output_hidden_states": True} if case == "hidden_states" else {}
+    if case == "position_ids":
+        batches = _with_positions(batches)
+    use_cache = {"use_cache": True} if case == "use_cache" else {}
+
+    def step_all(m, cache):
+        peft_model = get_peft_model(m, SteerConfig(layers=[SITE]))
+        peft_model.train()
+        runs = BlockRuns(m)
+        with cache(peft_model) as active:
+            losses = [peft_model(**b, **{"use_cache": False, **use_cache}, **kwargs).loss.item() for b in batches]
+        return losses, active, runs.calls
+
+    losses, active, ran = step_all(model, lambda m: BelowSiteCache(m, SITE))
+    plain, _, _ = step_all(_model("llama")[0], lambda m: contextlib.nullcontext())
+    assert losses == pytest.approx(plain, abs=1e-5)
+    assert active.counts.replayed_passes == 0 and ran == len(batches) * SITE
+
+
+def test_inputs_embeds_run_in_full():
+    model, tokenizer = _model("llama")
+    batches = _batches(tokenizer, "right")
+    embedded = [{"inputs_embeds": model.get_input_embeddings()(b["input_ids"]).detach(),
+                 "attention_mask": b["attention_mask"], "labels": b["labels"]} for b in batches]
+    cached = _full_path_only(model, embedded, lambda m: BelowSiteCache(m, SITE))
+    plain = _sgd(_model("llama")[0], embedded, lambda m: contextlib.nullcontext())
+    _assert_same_training(cached, plain)
+
+
+def _lora_below(peft_model):
+    torch.manual_seed(0)
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[0], init_lora_weights=False),
+                            peft_model.get_base_model())
+
+
+def _trainable_below(peft_model):
+    block_list(peft_model.get_base_model())[0].mlp.down_proj.weight.requires_grad_(True)
+
+
+def _checkpointing(peft_model):
+    peft_model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+
+
+@pytest.mark.parametrize("change", [_lora_below, _trainable_below, _checkpointing])
+def test_models_whose_lower_blocks_can_change_run_in_full_and_train_alike(change):
+    model, tokenizer = _model("llama")
+    batches = _batches(tokenizer, "right")
+    result = _full_path_only(model, batches, lambda m: BelowSiteCache(m, SITE), change=change)
+    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext(), change=change)
+    _assert_same_training(result, plain)
+
+
+def test_dropout_below_the_site_runs_in_full_while_training():
+    model, tokenizer = tiny_model("gpt2", n_layers=4)  # gpt2's default dropout, on in training mode
+    _full_path_only(model, _batches(tokenizer, "right"), lambda m: BelowSiteCache(m, SITE))
+
+
+def test_an_enabled_steer_layer_below_the_cached_block_runs_in_full():
+    model, tokenizer = _model("llama")
+    batches = _batches(tokenizer, "right")
+    result = _sgd(model, batches, lambda m: BelowSiteCache(m, 3), layers=(1, 3))
+    assert result[2].counts.replayed_passes == 0
+
+
+def test_mixed_adapter_rows_run_in_full():
+    model, tokenizer = _model("llama")
+    batch = _batches(tokenizer, "right")[0]
+    peft_model = get_peft_model(model, SteerConfig(layers=[SITE], init="random")).eval()
+    with torch.no_grad(), BelowSiteCache(peft_model, SITE) as cache:
+        for _ in range(2):
+            peft_model(**batch, use_cache=False, adapter_names=["default", "__base__", "default"])
+    assert cache.counts.replayed_passes == 0 and cache.counts.full_passes == 2
