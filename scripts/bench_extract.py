@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
              "steering-vectors": "mean aggregator, full forward",
              "repeng": "PCA on differences (different method): time only, full forward + all hidden states"}
     print()
-    print(f"(ref = steerft)")
+    print("(ref = steerft)")
     print(table(times, cpu, "steerft", notes))
     if "steering-vectors" in results:
         a, b = results["steerft"].double(), results["steering-vectors"].double()
