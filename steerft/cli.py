@@ -31,7 +31,8 @@ JOBS: dict[str, tuple[type, str, str]] = {
     "study": (StudyConfig, "run_study", "sample-efficiency study: n x method x seed"),
     "train": (job_config.TrainConfig, "run_training", "SFT or DPO with a steer, LoRA or full adapter"),
     "extract": (job_config.ExtractConfig, "run_extraction", "extract steering vectors from contrast pairs"),
-    "truth": (job_config.TruthConfig, "run_truth_study", "do label-free directions find truth? (n x estimator x layer)"),
+    "truth": (job_config.TruthConfig, "run_truth_study",
+              "do label-free directions find truth? (n x estimator x layer)"),
 }
 
 
