@@ -2,19 +2,22 @@
 
 `AdapterSpec` is the `adapter:` section of a train config and of a study's `train:` settings;
 `peft_config(spec)` is the one place that turns it into what TRL receives as `peft_config=`.
+The spec is plain data, checked without torch or PEFT (the CLI validates configs before loading
+them); the functions that build PEFT configs import PEFT when called.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
-from peft import LoraConfig, PeftConfig
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-from peft.utils.peft_types import PeftType
+from typing import TYPE_CHECKING
 
 from .runconfig import ConfigError
-from .tuner import SteerConfig, load_steer_vectors
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftConfig
+
+    from .tuner import SteerConfig
 
 KINDS = ("steer", "lora", "full")
 STEER_INITS = ("zeros", "random")
@@ -51,6 +54,10 @@ class AdapterSpec:
 
 def peft_config(spec: AdapterSpec) -> PeftConfig | None:
     """The PEFT config the trainer receives: steer, LoRA, one given as a `peft` mapping, or None (full)."""
+    from peft import LoraConfig
+
+    from .tuner import SteerConfig
+
     if spec.peft is not None:
         return _peft_from_mapping(spec.peft)
     if spec.kind == "steer":
@@ -67,6 +74,8 @@ def peft_config(spec: AdapterSpec) -> PeftConfig | None:
 
 
 def _given_vectors(path: str) -> dict:
+    from .tuner import load_steer_vectors
+
     try:
         return load_steer_vectors(path)
     except ValueError as err:
@@ -75,6 +84,9 @@ def _given_vectors(path: str) -> dict:
 
 def _peft_from_mapping(mapping: dict) -> PeftConfig:
     """Any registered PEFT method from YAML: `{peft_type: LORA, r: 16, target_modules: [q_proj]}`."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils.peft_types import PeftType
+
     options = dict(mapping)
     name = str(options.pop("peft_type", "")).upper()
     if name not in PeftType.__members__ or PeftType[name] not in PEFT_TYPE_TO_CONFIG_MAPPING:
@@ -90,12 +102,16 @@ def _peft_from_mapping(mapping: dict) -> PeftConfig:
 
 def fixed_vectors(vectors: dict[int, torch.Tensor], multiplier: float = 1.0, positions: str = "all") -> SteerConfig:
     """A frozen steer adapter that applies given vectors `{block: vector}` (extracted, or chosen by a study)."""
+    from .tuner import SteerConfig
+
     return SteerConfig(layers=sorted(vectors), init=vectors, multiplier=multiplier, positions=positions,
                        trainable=False)
 
 
 def adapter_kind(config: PeftConfig | None) -> str:
     """Short name of what is trained: steer, lora, full, or the PEFT method's name."""
+    from .tuner import SteerConfig
+
     if config is None:
         return "full"
     if isinstance(config, SteerConfig):

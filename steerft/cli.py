@@ -7,27 +7,32 @@
 
 Each job module (steerft.jobs) exposes a config dataclass and a run function; this file only wires
 them up. The recipes (recipes/*.py) call `main` too, so flags and errors are handled here once.
+The configs import no torch: `--help` and a bad config answer at once, and a job's module (torch,
+transformers, PEFT, TRL) is imported only when the config has passed its checks.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .adapter import KINDS
 from .interop import cli as interop_cli
-from .jobs import extract, study, train, truth
+from .jobs import config as job_config
 from .runconfig import ConfigError, build, load_config
+from .study import StudyConfig
 
-# subcommand -> (config class, run function, help)
-JOBS: dict[str, tuple[type, Callable[[Any], object], str]] = {
-    "study": (study.StudyConfig, study.run_study, "sample-efficiency study: n x method x seed"),
-    "train": (train.TrainConfig, train.run_training, "SFT or DPO with a steer, LoRA or full adapter"),
-    "extract": (extract.ExtractConfig, extract.run_extraction, "extract steering vectors from contrast pairs"),
-    "truth": (truth.TruthConfig, truth.run_truth_study, "do label-free directions find truth? (n x estimator x layer)"),
+# subcommand -> (config class, run function of the steerft.jobs module of the same name, help)
+JOBS: dict[str, tuple[type, str, str]] = {
+    "study": (StudyConfig, "run_study", "sample-efficiency study: n x method x seed"),
+    "train": (job_config.TrainConfig, "run_training", "SFT or DPO with a steer, LoRA or full adapter"),
+    "extract": (job_config.ExtractConfig, "run_extraction", "extract steering vectors from contrast pairs"),
+    "truth": (job_config.TruthConfig, "run_truth_study",
+              "do label-free directions find truth? (n x estimator x layer)"),
 }
 
 
@@ -94,8 +99,11 @@ def config_data(args: argparse.Namespace, pinned: Mapping[str, Any] = {}) -> dic
 
 
 def run_job(job: str, data: Mapping[str, Any], where: str) -> object:
-    config_class, run, _ = JOBS[job]
-    return run(build(config_class, data, where=where))
+    """Build and check the config, then import the job (and torch with it) and run it."""
+    config_class, run_name, _ = JOBS[job]
+    config = build(config_class, data, where=where)
+    run: Callable[[Any], object] = getattr(importlib.import_module(f"{__package__}.jobs.{job}"), run_name)
+    return run(config)
 
 
 def main(argv: Sequence[str] | None = None, *, pinned: Mapping[str, Any] = {}) -> int:

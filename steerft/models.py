@@ -25,13 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and transformers load with the first model, not with the CLI's config checks
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .io import read_json_object
 
@@ -147,6 +145,8 @@ def is_base_builtin(name: str) -> bool:
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """The tokenizer alone, e.g. to count tokens before the model is needed."""
+    from transformers import AutoTokenizer
+
     with _TRANSFORMERS_LOCK:
         return AutoTokenizer.from_pretrained(_resolve_source(name_or_path))
 
@@ -204,6 +204,8 @@ def _drop_gguf_quantizer(model: PreTrainedModel) -> None:
 
 def _convert(name: str, builtin: _Builtin, target: Path) -> None:
     """Convert the GGUF to safetensors in a scratch dir, then rename it into place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     for stale in target.parent.glob(f".{name}.partial-*"):  # left by killed runs
         shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
@@ -258,15 +260,15 @@ def _converted_builtin(name: str) -> Path:
 # "gpt2", "org/name": letters, digits, "-", "_", "." with at most one slash.
 _HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
+_DTYPES = {  # name -> torch dtype attribute
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 # transformers' from_pretrained swaps process-global functions while it loads
@@ -280,10 +282,12 @@ _SHARED_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "trust_r
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return _DTYPES[dtype.lower()]
+        return getattr(torch, _DTYPES[dtype.lower()])
     except KeyError:
         raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype") from None
 
@@ -336,6 +340,8 @@ def load_model(
     adapter = _adapter_folder(name_or_path)
     if adapter is not None:
         return _load_adapter(adapter, dtype=dtype, device=device, **from_pretrained_kwargs)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model_kwargs = dict(from_pretrained_kwargs)
     if dtype is not None:
         model_kwargs["dtype"] = _as_dtype(dtype)
@@ -372,6 +378,7 @@ def _adapter_folder(name_or_path: str) -> Path | None:
 def _load_adapter(folder: Path, **load_kwargs: Any) -> tuple[Any, PreTrainedTokenizerBase]:
     """The base model named in the adapter's config, with the adapter applied (steer needs our registration)."""
     from peft import PeftModel
+    from transformers import AutoTokenizer
 
     from . import tuner  # noqa: F401  registers the `steer` PEFT method before PEFT reads the config
 

@@ -30,8 +30,7 @@ from . import tracking
 from .adapter import adapter_kind, default_learning_rate
 from .data import BehaviourItem, PromptFormatter, preference_rows, sft_rows
 from .runconfig import ConfigError, checked_value
-from .tuner import SteerConfig
-from .tuner.below_site import BelowSiteCache, ReplayCounts, steer_site
+from .tuner import BelowSiteCache, ReplayCounts, SteerConfig, steer_site
 
 METHODS = ("sft", "dpo")
 

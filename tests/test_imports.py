@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,7 +53,20 @@ def imports_of(name: str) -> list[tuple[str, str | None]]:
                 submodule = f"{base}.{alias.name}"
                 exported = base in MODULES and alias.name in _exports(base)
                 found.append((submodule, None) if submodule in MODULES and not exported else (base, alias.name))
+    found += [(_absolute(package, where), attribute) for attribute, where in _lazy_names(tree).items()]
     return [(module, name) for module, name in found if module == "steerft" or module.startswith("steerft.")]
+
+
+def _lazy_names(tree: ast.Module) -> dict[str, str]:
+    """A package's `_LAZY` map (name -> ".submodule", steerft.lazy): imports that run on first access."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def _absolute(package: str, relative: str) -> str:
+    return importlib.util.resolve_name(relative, package)
 
 
 def _exports(module: str) -> list[str]:
@@ -132,3 +150,94 @@ def test_modules_import_only_what_other_packages_export():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+# --- the CLI's light path: help and config errors before torch (issue 13)
+
+HEAVY = ("torch", "transformers", "peft", "trl")
+
+_CLI_SCRIPT = """
+import contextlib, io, json, sys
+from steerft import cli
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+    try:
+        code = cli.main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules], "stderr": err.getvalue()}))
+""" % (HEAVY,)
+
+
+def _run_python(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (["--help"], 0),
+    (["study", "--help"], 0),
+    (["train", "--help"], 0),
+    (["extract", "--help"], 0),
+    (["truth", "--help"], 0),
+    (["export", "gguf", "--help"], 0),
+    (["import", "gguf", "--help"], 0),
+    (["push", "--help"], 0),
+    (["study", "--config", "eval/studies/quick.yaml", "layers=[99x"], 2),  # not YAML
+    (["study", "--config", "eval/studies/quick.yaml", "bogus=1"], 2),  # unknown key
+    (["study", "--config", "no-such-config.yaml"], 2),  # missing file
+    (["study", "seeds=[]"], 2),  # empty grid
+    (["train", "seed=-1"], 2),
+    (["train", "n=[1]"], 2),  # wrong type
+    (["extract", "seed=-1"], 2),
+    (["truth", "layers=[8,8]"], 2),
+])
+def test_cli_help_and_config_errors_import_no_torch(argv, code):
+    """`steerft ... --help` and a bad config answer before torch, transformers, PEFT or TRL load."""
+    result = _run_python(_CLI_SCRIPT, *argv)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["code"] == code, outcome["stderr"]
+    assert code == 0 or outcome["stderr"].count("\n") == 1  # one line naming the problem
+    assert outcome["heavy"] == []
+
+
+def test_import_steerft_is_light_and_its_names_load_on_use():
+    script = (f"import sys, steerft; light = [m for m in {HEAVY!r} if m in sys.modules]; "
+              "from steerft import SteerConfig; "
+              "print(light, SteerConfig.__module__, 'SteerConfig' in dir(steerft))")
+    result = _run_python(script)
+    assert result.stdout.split() == ["[]", "steerft.tuner.config", "True"], result.stderr
+
+
+@pytest.fixture(scope="module")
+def steer_adapter(tiny_dir, tmp_path_factory) -> Path:
+    """A steer adapter saved for `tiny_dir`'s model."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from steerft import SteerConfig
+
+    folder = tmp_path_factory.mktemp("steer-adapter")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), SteerConfig(layers=[1], init="random"))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("imports", [
+    "import steerft; import peft",
+    "import peft; import steerft",
+    # transformers looks for peft (importlib.util.find_spec) before anything imports it
+    "import steerft; from transformers.utils import is_peft_available; assert is_peft_available(); import peft",
+])
+def test_peft_loads_a_steer_adapter_after_import_steerft(imports, tiny_dir, steer_adapter):
+    """`import steerft` registers the `steer` method however PEFT comes to be imported, before or after."""
+    script = f"""{imports}
+import sys
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1]), sys.argv[2])
+print(type(model.base_model).__name__, model.peft_config["default"].peft_type.name)
+"""
+    result = _run_python(script, str(tiny_dir), str(steer_adapter))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SteerModel", "STEER"]

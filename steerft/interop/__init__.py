@@ -3,15 +3,12 @@ merged checkpoints, and Hub-ready folders.
 
 Every format maps to one convention: a vector for block L (0-based) is added, times the multiplier,
 to that block's output at every token.
+
+The names load on first use (PEP 562), so the `steerft` command builds its parser without torch.
 """
 
-from .adapter import InteropError, SteerAdapter, read_adapter
-from .base import base_model_of, load_with_adapter
-from .card import prepare_for_hub
-from .foreign import import_repeng, import_steering_vector, repeng_vectors, steering_vectors_vectors
-from .hub import push_adapter, upload_files
-from .llamacpp import export_control_vector, import_control_vector, read_control_vector
-from .merged import export_merged
+from ..lazy import lazy_attributes
+
 
 __all__ = [
     "InteropError",
@@ -31,3 +28,13 @@ __all__ = [
     "steering_vectors_vectors",
     "upload_files",
 ]
+
+# public name -> the submodule that defines it
+_LAZY = {"InteropError": ".adapter", "SteerAdapter": ".adapter", "read_adapter": ".adapter",
+         "base_model_of": ".base", "load_with_adapter": ".base", "prepare_for_hub": ".card",
+         "import_repeng": ".foreign", "import_steering_vector": ".foreign", "repeng_vectors": ".foreign",
+         "steering_vectors_vectors": ".foreign", "push_adapter": ".hub", "upload_files": ".hub",
+         "export_control_vector": ".llamacpp", "import_control_vector": ".llamacpp",
+         "read_control_vector": ".llamacpp", "export_merged": ".merged"}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

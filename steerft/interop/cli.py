@@ -14,8 +14,6 @@ from typing import Any, Callable
 
 from steerft.models import ModelNotAvailableError
 
-from .adapter import InteropError
-
 Handler = Callable[[argparse.Namespace], str]
 
 
@@ -58,6 +56,8 @@ def _command(subparsers: Any, name: str, help_text: str, handler: Handler) -> ar
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen command; a problem with the input is one line on stderr and exit status 2."""
+    from .adapter import InteropError  # torch loads with the command, not with the parser
+
     try:
         print(args.handler(args))
     except (InteropError, ModelNotAvailableError, FileNotFoundError) as err:

@@ -10,19 +10,22 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from ..data import BehaviourDataError, Splits, load_behaviour, load_held_out_ids, split_items
 from ..models import ModelNotAvailableError, load_model
 from ..runconfig import ConfigError
-from ..tuner import block_indices
+
+if TYPE_CHECKING:  # torch loads with the model; check_output_dir serves config checks without it
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 
 def set_threads(threads: int | None) -> None:
     """torch.set_num_threads when the config names a count (null: torch's default)."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
@@ -49,6 +52,8 @@ def load_job_model(name_or_path: str) -> tuple[nn.Module, PreTrainedTokenizerBas
 
 def layers_of(model: nn.Module, layers: Sequence[int], key: str = "layers") -> list[int]:
     """The config's `key` as block indices of `model`."""
+    from ..tuner import block_indices
+
     try:
         return block_indices(model, layers)
     except ValueError as err:

@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +19,28 @@ import yaml
 from peft import PeftConfig
 
 from .. import tracking
-from ..adapter import AdapterSpec, adapter_kind, default_learning_rate, peft_config
+from ..adapter import adapter_kind, default_learning_rate, peft_config
 from ..data import BehaviourItem, PromptFormatter, contrast_pairs, training_subset
 from ..io import atomic_dir, write_json, write_text
 from ..metrics import preference
-from ..models import DEFAULT_MODEL
-from ..runconfig import ConfigError, as_dict, build, non_negative
+from ..runconfig import ConfigError, as_dict, build
 from ..training import METHODS, below_site_cache, build_trainer, check_trainer, row_counts, training_rows
 from ..tuner import SteerConfig, hidden_size
-from .startup import check_output_dir, layers_of, load_job_model, load_splits, set_threads
+from .config import TrainConfig
+from .startup import layers_of, load_job_model, load_splits, set_threads
 
 # The train job checkpoints so that a killed run can `resume`; the finished run folder replaces the
 # checkpoints. Settings in `trainer:` win.
 CHECKPOINTS = {"save_strategy": "steps", "save_steps": 50, "save_total_limit": 1}
 
 
-@dataclass
-class TrainConfig:
-    """Settings of `steerft train` and the recipes (YAML keys = field names; `adapter` and `trainer` are sections)."""
-
-    model: str = DEFAULT_MODEL
-    dataset: str | dict = "sentiment"  # a name or path, or {path, config, split, data_files, revision} for `datasets`
-    fields: dict | None = None  # column renames, as for load_behaviour
-    method: str = "sft"  # sft | dpo
-    adapter: AdapterSpec = field(default_factory=AdapterSpec)
-    # TRL's SFTConfig / DPOConfig keys as given, over steerft's defaults (steerft.training.TRAINER_DEFAULTS);
-    # learning_rate defaults to the adapter kind's (steerft.adapter.default_learning_rate)
-    trainer: dict = field(default_factory=dict)
-    # data
-    n: int | None = None  # training items; None = the whole training split
-    seed: int = 0  # training subset and trainer seed
-    split_seed: int = 0  # keep fixed across runs: it fixes the test split
-    val_frac: float = 0.2
-    test_frac: float = 0.2
-    # output and tracking
-    output_dir: str = "runs/train"  # the run folder is output_dir/run_name
-    run_name: str | None = None  # None = derived from method, adapter, n and seed
-    eval_items: int = 32  # validation items scored for metrics.json; 0 skips the check
-    wandb: bool = True
-    wandb_project: str = "steerft"
-    wandb_group: str | None = None
-    threads: int | None = None  # torch.set_num_threads
-    resume: bool = False  # continue a killed run from the last checkpoint in its run folder
-    overwrite: bool = False  # replace a finished run folder of the same run_name
-
-
 def check_config(config: TrainConfig) -> TrainConfig:
-    """Refuse a bad config before anything is loaded, naming the key and the fix."""
+    """Refuse a bad config before the model loads, naming the key and the fix: its values (checked
+    when it is built), its method, and its `trainer` keys against TRL's config."""
     config = build(TrainConfig, as_dict(config), where="train config")  # types, also for configs built in code
     if config.method not in METHODS:
         raise ConfigError(f"method={config.method!r} is not supported; allowed values: {', '.join(METHODS)}.")
     config.trainer = check_trainer(config.trainer, [config.method])
-    for key in ("n", "threads"):
-        value = getattr(config, key)
-        if value is not None and not value > 0:
-            raise ConfigError(f"{key}={value!r} must be positive (or null for the default).")
-    if config.eval_items < 0:
-        raise ConfigError(f"eval_items={config.eval_items} must be >= 0 (0 skips the held-out check).")
-    non_negative(config, "seed", "split_seed")
-    check_output_dir(config.output_dir)
     return config
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,58 +19,18 @@ import torch
 
 from .. import tracking
 from ..data import PromptFormatter, load_statements, statement_pairs, training_subset
-from ..extract import ESTIMATORS, PairActivations, pair_activations, truth_directions
+from ..extract import PairActivations, pair_activations, truth_directions
 from ..io import atomic_write, write_json, write_text
 from ..metrics import chance_band, completion_logprobs, mean_ci95
-from ..models import DEFAULT_MODEL, model_info
-from ..runconfig import ConfigError, as_dict, non_negative
+from ..models import model_info
+from ..runconfig import ConfigError, as_dict
 from ..study import points
+from .config import TruthConfig, check_truth
 from .startup import check_output_dir, layers_of, load_job_model, load_splits, set_threads
 
 COLUMNS = ("estimator", "supervised", "layer", "n", "seed", "accuracy", "accuracy_best_sign")
-MIN_N = 2  # PCA, a probe and CCS need two statements at least
 # Keys that do not change a fit: a resumed study may differ in them (the grid axes n and seeds may grow).
 NOT_IN_SETTINGS = ("name", "n", "seeds", "batch_size", "output_dir", "wandb", "wandb_project", "threads")
-
-
-@dataclass
-class TruthConfig:
-    """Settings of `steerft truth` (YAML keys = field names)."""
-
-    name: str = "truth"  # W&B group and report title
-    model: str = DEFAULT_MODEL
-    dataset: str = "truth"  # true/false statements, as for load_statements
-    fields: dict | None = None  # column renames
-    n: list[int] = field(default_factory=lambda: [2, 8, 32])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    split_seed: int = 0  # fixes the held-out split; keep it fixed across runs
-    val_frac: float = 0.2
-    test_frac: float = 0.2
-    layers: list[int] = field(default_factory=lambda: [8, 14, 20])
-    estimators: list[str] = field(default_factory=lambda: ["ccs", "pca", "mean_diff", "logistic"])
-    test_items: int | None = 40  # held-out statements scored (null: all)
-    batch_size: int = 16
-    output_dir: str = "runs/truth"
-    wandb: bool = True
-    wandb_project: str = "steerft"
-    threads: int | None = None  # torch.set_num_threads
-
-    def __post_init__(self) -> None:
-        check_truth(self)
-
-
-def check_truth(config: TruthConfig) -> None:
-    """Refuse a config that cannot run, naming the key and the fix."""
-    for key in ("n", "seeds", "layers"):
-        values = getattr(config, key)
-        if not values or len(set(values)) != len(values):
-            raise ConfigError(f"{key}={values}: list at least one value, each once.")
-    unknown = [name for name in config.estimators if name not in ESTIMATORS]
-    if unknown or not config.estimators:
-        raise ConfigError(f"estimators={config.estimators}: name at least one of {', '.join(ESTIMATORS)}.")
-    if min(config.n) < MIN_N:
-        raise ConfigError(f"n={config.n}: a truth study needs n >= {MIN_N} statements per fit.")
-    non_negative(config, "seeds", "split_seed")
 
 
 def run_truth_study(config: TruthConfig) -> Path:

@@ -7,10 +7,16 @@ One YAML (`StudyConfig`) describes the n x method x seed grid; `run_study` compu
 once (resumably, shardable over `accelerate launch` processes) and writes results.csv,
 summary.json, curves.png, side_effects.png, generations/ and report.md. Methods live in one
 registry, `METHODS`.
+
+The names load on first use (PEP 562), so the CLI reads and checks a `StudyConfig` without torch.
 """
 
-from .config import EvalSettings, StudyConfig, TrainSettings
-from .methods import METHODS, Method
-from .runner import compute_point, run_study
+from ..lazy import lazy_attributes
 
 __all__ = ["METHODS", "EvalSettings", "Method", "StudyConfig", "TrainSettings", "compute_point", "run_study"]
+
+# public name -> the submodule that defines it
+_LAZY = {"EvalSettings": ".config", "StudyConfig": ".config", "TrainSettings": ".config", "METHODS": ".methods",
+         "Method": ".methods", "compute_point": ".runner", "run_study": ".runner"}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -1,7 +1,9 @@
 """The settings of a study: one YAML file describes the whole n x method x seed grid.
 
 Everything is checked when the config is built, before a model or dataset is loaded, so a typo
-in a method name or an empty grid fails in a second instead of an hour into a run.
+in a method name or an empty grid fails in a second instead of an hour into a run. This module
+imports no torch: plain values are checked first, then the names that need a registry (methods,
+positions, side effects, TRL's trainer keys), whose modules are imported there.
 """
 
 from __future__ import annotations
@@ -14,12 +16,6 @@ from ..adapter import KINDS as ADAPTER_KINDS
 from ..adapter import AdapterSpec, default_learning_rate
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict
-from ..training import METHODS as TRAINING_METHODS
-from ..extract.activations import REDUCTIONS
-from ..training import TRAINER_DEFAULTS, check_trainer, epoch_steps, for_method
-from ..tuner import POSITIONS
-from .methods import METHODS
-from .select import SIDE_EFFECTS
 
 SELECT_BY = ("mean_margin", "accuracy")
 
@@ -72,11 +68,15 @@ class TrainSettings:
         return steps if steps > 0 else None
 
     def batch_size(self) -> int:
+        from ..training import TRAINER_DEFAULTS
+
         trainer = {**TRAINER_DEFAULTS, **self.trainer}
         return trainer["per_device_train_batch_size"] * trainer.get("gradient_accumulation_steps", 1)
 
     def steps(self, n_rows: int) -> int:
         """Optimizer steps for a training set of `n_rows` rows."""
+        from ..training import epoch_steps
+
         if self.fixed_steps is not None:
             return self.fixed_steps
         return epoch_steps(n_rows, epochs=self.epochs, min_steps=self.min_steps, batch_size=self.batch_size())
@@ -95,6 +95,8 @@ class TrainSettings:
 
     def trainer_args(self, method: str, n_rows: int, learning_rate: float, beta: float | None = None) -> dict:
         """The TRL settings of one training run (`method` sft or dpo) on `n_rows` rows."""
+        from ..training import for_method
+
         args = {**for_method(self.trainer, method), "learning_rate": learning_rate, "max_steps": self.steps(n_rows)}
         return args if beta is None else {**args, "beta": beta}
 
@@ -179,45 +181,56 @@ class StudyConfig:
 
 def check(config: StudyConfig) -> None:
     """Refuse a config that cannot run, naming the key and the fix."""
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"methods: unknown method {unknown[0]!r}; allowed values: {', '.join(METHODS)}.")
     for key in ("methods", "n", "seeds", "layers", "multipliers"):
         _non_empty_unique(key, getattr(config, key))
     _non_empty_unique("train.adapter.layers", config.train.adapter.layers)
     _non_empty_unique("train.multipliers", config.train.multipliers)
     if min(config.n) < 1:
         raise ConfigError(f"n={config.n}: every training-set size must be >= 1 (n=0 is the `none` baseline).")
-    for name in config.methods:
-        if min(config.n) < METHODS[name].min_n:
-            raise ConfigError(f"n={config.n}: method {name!r} needs n >= {METHODS[name].min_n}; "
-                              f"drop the smaller n or the method.")
     if config.select_by not in SELECT_BY:
         raise ConfigError(f"select_by={config.select_by!r}; allowed values: {', '.join(SELECT_BY)}.")
-    if config.positions not in POSITIONS:
-        raise ConfigError(f"positions={config.positions!r}; allowed values: {', '.join(POSITIONS)}.")
     if config.train.adapter.positions not in ("all", config.positions):
         raise ConfigError(f"train.adapter.positions={config.train.adapter.positions!r}: a study steers the same "
                           "tokens with every vector method; set `positions:` at the top level only.")
     if config.train.adapter.peft is not None or config.train.adapter.kind != AdapterSpec.kind:
         raise ConfigError("train.adapter.kind / train.adapter.peft: a study's method names set the adapter kind "
                           "(steer-*, lora-*, full-sft); drop the key.")
-    if config.caa_reduce not in REDUCTIONS:
-        raise ConfigError(f"caa_reduce={config.caa_reduce!r}; allowed values: {', '.join(REDUCTIONS)}.")
     if config.datasets is not None:
         _non_empty_unique("datasets", config.datasets)
         if config.split_file is not None:
             raise ConfigError("split_file names the ids of one dataset; with `datasets:` run each behaviour as its "
                               "own study to fix its split (or drop split_file).")
-    _check_train(config.train)
+    _check_train_values(config.train)
     _check_judge(config.judge)
     _positive(config, ("max_demonstrations", "threads", "workers", "max_prompt_tokens", "max_completion_tokens"))
-    _check_honesty_keys(config)
     _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
+    _check_names(config)
 
 
-def _check_train(train: TrainSettings) -> None:
-    train.trainer = check_trainer(train.trainer, TRAINING_METHODS, where="train.trainer")
+def _check_names(config: StudyConfig) -> None:
+    """The checks against registries, whose modules import torch, PEFT or TRL: after the plain ones."""
+    from ..extract import REDUCTIONS
+    from ..training import METHODS as TRAINING_METHODS
+    from ..training import check_trainer
+    from ..tuner import POSITIONS
+    from .methods import METHODS
+
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"methods: unknown method {unknown[0]!r}; allowed values: {', '.join(METHODS)}.")
+    for name in config.methods:
+        if min(config.n) < METHODS[name].min_n:
+            raise ConfigError(f"n={config.n}: method {name!r} needs n >= {METHODS[name].min_n}; "
+                              f"drop the smaller n or the method.")
+    if config.positions not in POSITIONS:
+        raise ConfigError(f"positions={config.positions!r}; allowed values: {', '.join(POSITIONS)}.")
+    if config.caa_reduce not in REDUCTIONS:
+        raise ConfigError(f"caa_reduce={config.caa_reduce!r}; allowed values: {', '.join(REDUCTIONS)}.")
+    config.train.trainer = check_trainer(config.train.trainer, TRAINING_METHODS, where="train.trainer")
+    _check_honesty_keys(config)
+
+
+def _check_train_values(train: TrainSettings) -> None:
     if "num_train_epochs" in train.trainer:
         raise ConfigError("train.trainer.num_train_epochs: a study sets the budget with train.epochs and "
                           "train.min_steps (or a fixed train.trainer.max_steps); move the value to train.epochs.")
@@ -247,6 +260,8 @@ def _check_judge(judge: JudgeSettings) -> None:
 
 
 def _check_honesty_keys(config: StudyConfig) -> None:
+    from .select import SIDE_EFFECTS
+
     if not isinstance(config.select_caps, dict):
         raise ConfigError(f"select_caps={config.select_caps!r} must be a mapping, e.g. {DEFAULT_SELECT_CAPS}.")
     for key, cap in config.select_caps.items():

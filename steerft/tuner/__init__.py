@@ -1,6 +1,7 @@
 """The `steer` PEFT method: config, layer, model, and its registration with PEFT."""
 
 from .arch import ARCHITECTURES, Architecture, hidden_size, register_architecture
+from .below_site import BelowSiteCache, ReplayCounts, steer_site
 from .blocks import block_count, block_indices, block_list
 from .config import OPERATORS, POSITIONS, SteerConfig
 from .layer import SteerLayer, SteerVector, hidden_of
@@ -14,9 +15,11 @@ register_steer_method()
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
+    "BelowSiteCache",
     "MergeError",
     "OPERATORS",
     "POSITIONS",
+    "ReplayCounts",
     "STEER_PEFT_TYPE",
     "SteerConfig",
     "SteerLayer",
@@ -30,4 +33,5 @@ __all__ = [
     "load_steer_vectors",
     "register_architecture",
     "resolve_layers",
+    "steer_site",
 ]
