@@ -10,7 +10,7 @@ preference, the KL reference) are therefore computed once per study (`base_prefe
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,10 +30,14 @@ from ..data import (
     load_behaviour,
     load_texts,
 )
+from ..batching import EncodedRow, encode
 from ..jobs import startup
-from ..metrics import PreferenceResult, base_log_distributions, preference
+from ..metrics import PreferenceResult, Steering, base_log_distributions
+from ..metrics._forward import as_base, pad_id
+from ..metrics.site_cache import BaseRecord, record_base, supports_site_cache
 from ..models import is_base_builtin, load_tokenizer
 from ..runconfig import ConfigError
+from ..tuner import SteerConfig, SteerLayer
 from .scorable import Scorable
 
 if TYPE_CHECKING:  # the config module imports the method registry, which builds on this module
@@ -185,10 +189,96 @@ def base_pairs(ctx: StudyContext, split: str) -> list[ContrastPair]:
     return Scorable(ctx.model, ctx.fmt).pairs(getattr(ctx.data, split))
 
 
+def pair_rows(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]) -> list[EncodedRow]:
+    """Every pair's positive completion row, then every negative one (the order `preference_results` reads)."""
+    return [encode(tokenizer, p.prompt, p.positive) for p in pairs] + [encode(tokenizer, p.prompt, p.negative)
+                                                                      for p in pairs]
+
+
+def preference_results(pairs: Sequence[ContrastPair], logprobs: torch.Tensor) -> list[PreferenceResult]:
+    """One result per candidate from (candidates, rows) log-probability sums over `pair_rows(pairs)`."""
+    n = len(pairs)
+    return [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
+
+
+def general_rows(ctx: StudyContext, scorable: Scorable) -> list[EncodedRow]:
+    """The general texts as replies to GENERAL_TEXT_REQUEST under `scorable`'s prompt (what `cross_entropy` scores)."""
+    prompt = scorable.prompt(GENERAL_TEXT_REQUEST)
+    return [encode(ctx.tokenizer, prompt, scorable.fmt.completion(text)) for text in ctx.general_texts]
+
+
+def base_rows(ctx: StudyContext, split: str) -> list[EncodedRow]:
+    """The rows the base model is scored on: `val` and `test` pairs (`pair_rows`), or the `general` texts."""
+    return remember_base(ctx, ("rows", split), lambda: general_rows(ctx, Scorable(ctx.model, ctx.fmt))
+                         if split == "general" else pair_rows(ctx.tokenizer, base_pairs(ctx, split)))
+
+
+def steerable_layers(ctx: StudyContext) -> list[int]:
+    """Every block a study's vector can be added at: extracted vectors' candidate layers and trained vectors'."""
+    return sorted(set(ctx.layers) | set(ctx.train_layers))
+
+
+def base_record(ctx: StudyContext, split: str) -> BaseRecord:
+    """The base model's passes over `split`'s rows (`base_rows`), recorded once per study for replays from any
+    steerable layer; with `positions: completion` it keeps the prompts' cache too. Over the record's memory cap
+    (`site_cache.DEFAULT_RECORD_CAP`) it is recorded again in each call instead (same numbers)."""
+    return remember_base(ctx, ("record", split), lambda: record_base(
+        ctx.model, base_rows(ctx, split), steerable_layers(ctx), prompt_cache=ctx.config.positions == "completion",
+        batch_size=ctx.config.eval.batch_size, pad=pad_id(ctx.tokenizer)))
+
+
 def base_preference(ctx: StudyContext, split: str) -> PreferenceResult:
     """The base model's completion preference on `split`, scored once per study for every method that needs it."""
-    return remember_base(ctx, ("preference", split), lambda: preference(
-        ctx.model, ctx.tokenizer, base_pairs(ctx, split), batch_size=ctx.config.eval.batch_size))
+    return remember_base(ctx, ("preference", split), lambda: preference_results(
+        base_pairs(ctx, split), base_record(ctx, split).logprobs([None]))[0])
+
+
+def single_vector(model: nn.Module) -> Steering | None:
+    """The one unmerged `add` vector at one block that steers PeftModel `model` and nothing else, at the
+    multiplier and positions it steers with now; else None."""
+    config = getattr(model, "peft_config", {})
+    if len(config) != 1:
+        return None
+    config = config[model.active_adapter]
+    merged = any(layer.merged for layer in model.modules() if isinstance(layer, SteerLayer))
+    if not isinstance(config, SteerConfig) or config.operator != "add" or merged:
+        return None
+    vectors = model.get_vectors()
+    if len(vectors) != 1:
+        return None
+    (layer, vector), = vectors.items()
+    return Steering(layer, vector.detach(), config.multiplier, config.positions)
+
+
+def computes_as_base(ctx: StudyContext, model: nn.Module) -> bool:
+    """Whether `model`'s weights (its base model's, for a PeftModel) are the study base model's: a steer
+    adapter on a copy of it is then the base model plus its vector, and replays from the base record."""
+    if model is ctx.model:
+        return True
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = dict(inner.named_parameters())
+    base = dict(ctx.model.named_parameters())
+    vectors = {id(p) for module in inner.modules() if isinstance(module, SteerLayer) for p in module.parameters()}
+    if any(name not in base and id(weight) not in vectors for name, weight in own.items()):
+        return False
+    return all(name in own and (own[name] is weight or torch.equal(own[name], weight)) for name, weight in base.items())
+
+
+def replayed_logprobs(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[EncodedRow],
+                      steerings: Sequence[Steering | None]) -> torch.Tensor | None:
+    """(steerings, rows) log-probability sums replayed from the study's kept record of `split`, when `rows` are its
+    rows, `model` computes as the base model (`computes_as_base`) and every steering's layer is recorded; else None.
+
+    `model`'s own adapter stays disabled during the replay: a steer adapter attached to the study's base
+    model in place (selection does this) would otherwise add its vector inside the replayed blocks too.
+    """
+    layers = {s.layer for s in steerings if s is not None}
+    if list(rows) != base_rows(ctx, split) or not layers <= set(steerable_layers(ctx)):
+        return None
+    with as_base(model):
+        if not supports_site_cache(ctx.model) or not computes_as_base(ctx, model):
+            return None
+        return base_record(ctx, split).logprobs(steerings)
 
 
 def base_kl_reference(ctx: StudyContext) -> list[torch.Tensor]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data import BehaviourItem, ContrastPair, answer_key
 from ..metrics import (
+    PreferenceResult,
     ab_result,
     answer_letter,
     competence_check,
@@ -33,7 +35,12 @@ from .context import (
     base_kl_reference,
     base_pairs,
     base_preference,
+    general_rows,
+    pair_rows,
+    preference_results,
     prompt_format,
+    replayed_logprobs,
+    single_vector,
 )
 from .judging import judged_metrics
 from .scorable import Scorable
@@ -53,7 +60,8 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
     pairs = scorable.pairs(ctx.data.test)
     record: dict[str, Any] = {}
     is_base = model is ctx.model and pairs == base_pairs(ctx, "test")
-    result = base_preference(ctx, "test") if is_base else preference(model, tokenizer, pairs, batch_size=batch_size)
+    result = base_preference(ctx, "test") if is_base else replayed_preference(ctx, model, "test", pairs) or \
+        preference(model, tokenizer, pairs, batch_size=batch_size)
     if baseline and _letter_answers(pairs):
         ab = ab_result(result, pairs)
         record |= {"letter_bias": ab.letter_bias, "a_matching_share": ab.a_matching_share}
@@ -71,7 +79,7 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
         "margins": result.margins.tolist(),
         "kl": kl_to_base(model, tokenizer, base_prompts, method_prompts, ctx.references, base_model=ctx.model,
                          batch_size=batch_size, reference=base_kl_reference(ctx)),
-        "ce": reply_cross_entropy(scorable, tokenizer, ctx.general_texts, batch_size=batch_size),
+        "ce": study_cross_entropy(ctx, scorable),
         "params": scorable.params,
         "choice": scorable.choice,
         "generations": generate_samples(model, tokenizer, [scorable.prompt(p) for p in ctx.generation_prompts],
@@ -79,6 +87,29 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
         **record,
         **judged_metrics(ctx, scorable, result, pairs),  # steerft.study.judging: judged generations, per-token margins
     }
+
+
+def replayed_preference(ctx: StudyContext, model: nn.Module, split: str,
+                        pairs: Sequence[ContrastPair]) -> PreferenceResult | None:
+    """`model`'s preference on `split` replayed from the study's kept base record, when `model` is the base
+    model's weights steered by one added vector (`single_vector`) under the base prompts; else None."""
+    steering = single_vector(model)
+    logprobs = None if steering is None else replayed_logprobs(ctx, model, split, pair_rows(ctx.tokenizer, pairs),
+                                                                [steering])
+    return None if logprobs is None else preference_results(pairs, logprobs)[0]
+
+
+def study_cross_entropy(ctx: StudyContext, scorable: Scorable) -> float:
+    """`reply_cross_entropy` on the study's general texts; replayed from the study's kept record of them when
+    `scorable` is the base model, or its weights steered by one added vector, under the base prompt."""
+    model = scorable.model
+    steering = None if model is ctx.model else single_vector(model)
+    rows = general_rows(ctx, scorable)
+    logprobs = None if steering is None and model is not ctx.model else \
+        replayed_logprobs(ctx, model, "general", rows, [steering])
+    if logprobs is None:
+        return reply_cross_entropy(scorable, ctx.tokenizer, ctx.general_texts, batch_size=ctx.config.eval.batch_size)
+    return (-logprobs.sum() / sum(row.completion_length for row in rows)).item()
 
 
 def reply_cross_entropy(scorable: Scorable, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,

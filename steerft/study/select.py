@@ -30,7 +30,6 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from ..batching import encode
 from ..data import PromptFormatter
 from ..metrics import (
     PreferenceResult,
@@ -42,9 +41,8 @@ from ..metrics import (
     site_logprobs,
     supports_site_cache,
 )
-from ..tuner import SteerConfig, SteerLayer
-from .context import StudyContext
-from .evaluate import reply_cross_entropy
+from .context import StudyContext, pair_rows, preference_results, replayed_logprobs, single_vector
+from .evaluate import study_cross_entropy
 from .scorable import Scorable, steered
 
 SIDE_EFFECTS = ("kl", "delta_ce")
@@ -159,27 +157,17 @@ def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, la
 
 def _replayed_single_vector(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter,
                             multipliers: Sequence[float]) -> list[PreferenceResult] | None:
-    """Validation results at each multiplier by replay, when `model` is steered by one vector; else None."""
-    site = _single_vector(model)
+    """Validation results at each multiplier by replay, when `model` is steered by one vector; else None.
+
+    On a copy of the study's base weights the replay reads the study's kept validation record;
+    otherwise it records the adapter-disabled model's passes for this call."""
+    site = single_vector(model)
     if site is None:
         return None
-    positions = model.peft_config[model.active_adapter].positions
-    steerings = [Steering(*site, float(m), positions) for m in multipliers]
+    steerings = [replace(site, multiplier=float(m)) for m in multipliers]
     with model.disable_adapter():
         base = model.get_base_model()
         return _replayed(ctx, base, fmt, steerings) if supports_site_cache(base) else None
-
-
-def _single_vector(model: PeftModel) -> tuple[int, torch.Tensor] | None:
-    """(layer, vector) of a model steered by one unmerged `add` vector at one block and nothing else, else None."""
-    if len(model.peft_config) != 1:
-        return None
-    config = model.peft_config[model.active_adapter]
-    merged = any(layer.merged for layer in model.modules() if isinstance(layer, SteerLayer))
-    if not isinstance(config, SteerConfig) or config.operator != "add" or merged:
-        return None
-    vectors = model.get_vectors()
-    return next(iter(vectors.items())) if len(vectors) == 1 else None
 
 
 def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
@@ -229,8 +217,7 @@ def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, 
         effects["kl"] = 0.0 if unsteered else max(kl_to_base(
             model, ctx.tokenizer, prompts, prompts, ctx.references, batch_size=ctx.config.eval.batch_size), 0.0)
     if "delta_ce" in caps:
-        effects["ce"] = reply_cross_entropy(Scorable(model, fmt), ctx.tokenizer, ctx.general_texts,
-                                            batch_size=ctx.config.eval.batch_size)
+        effects["ce"] = study_cross_entropy(ctx, Scorable(model, fmt))
     return effects
 
 
@@ -253,11 +240,13 @@ def _measured(ctx: StudyContext, candidate: Candidate, effects: dict[str, float]
 
 def _replayed(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
               steerings: list[Steering]) -> list[PreferenceResult]:
-    """Every candidate's validation result from one recorded base pass per batch (same numbers as attaching each)."""
+    """Every candidate's validation result by replay from its block (same numbers as attaching each): from the
+    study's kept validation record where `model` computes as the base model under its prompts, else from one
+    base pass per batch recorded for this call."""
     pairs = Scorable(model, fmt).pairs(ctx.data.val)
-    rows = [encode(ctx.tokenizer, p.prompt, p.positive) for p in pairs]
-    rows += [encode(ctx.tokenizer, p.prompt, p.negative) for p in pairs]
-    logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
-                             pad=ctx.tokenizer.pad_token_id)
-    n = len(pairs)
-    return [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
+    rows = pair_rows(ctx.tokenizer, pairs)
+    logprobs = replayed_logprobs(ctx, model, "val", rows, steerings)
+    if logprobs is None:
+        logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
+                                 pad=ctx.tokenizer.pad_token_id)
+    return preference_results(pairs, logprobs)
