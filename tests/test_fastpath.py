@@ -222,6 +222,10 @@ def test_base_scores_are_computed_once_per_study_and_equal_a_fresh_computation(m
     fresh = preference(model, tokenizer, Scorable(model, ctx.fmt).pairs(ctx.data.test), batch_size=3)
     torch.testing.assert_close(first.margins, fresh.margins, rtol=0, atol=1e-5)
     assert context.base_preference(ctx, "val").n == 2 and len(calls) == 2
+    monkeypatch.setattr(context, "supports_site_cache", lambda model: False)  # blocks a replay could not run
+    ctx.base_memo.clear()
+    torch.testing.assert_close(context.base_preference(ctx, "test").margins, fresh.margins, rtol=0, atol=0)
+    assert len(calls) == 2
     base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
     assert context.base_kl_reference(ctx) is context.base_kl_reference(ctx)
     vector = 10 * torch.randn(64, generator=torch.Generator().manual_seed(5))

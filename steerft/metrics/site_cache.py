@@ -7,12 +7,16 @@ Two savings, both exact up to float rounding against the plain path (`logprobs.s
   top. A steer adapter sees the same positions as with `labels` (a pass over a non-empty cache is
   completion), so this works for any model.
 * **Nothing below the site.** A candidate that adds `multiplier * vector` to block L's output
-  cannot change blocks 0..L. The base passes are recorded once per batch (every block's input and
-  the keyword arguments the model built for it: masks, rotary embeddings, the cache), and each
-  candidate re-runs only blocks L+1.. with the model's own modules. A candidate steering only
-  completion positions also leaves the prompt untouched, so it reuses the base prompt cache and
-  runs completion tokens only; the first completion token, predicted from the last prompt
-  position, keeps its base log-probability.
+  cannot change blocks 0..L. The base passes over a set of rows are recorded (`record_base`),
+  keeping only what a replay from the given layers needs: the residual stream leaving each of
+  those blocks, the other arguments the model built for the blocks above the lowest of them
+  (masks, rotary embeddings) and, if asked, the prompts' keys and values there. Each candidate
+  re-runs only blocks L+1.. with the model's own modules. A candidate steering only completion
+  positions also leaves the prompt untouched, so with the prompt cache it runs completion tokens
+  only; the first completion token, predicted from the last prompt position, keeps its base
+  log-probability. A record is kept for many calls (a study keeps one per split for all its
+  points) when its estimated size fits a cap, or recorded one batch at a time in each call
+  (`site_logprobs`); both are the same code and give the same numbers.
 """
 
 from __future__ import annotations

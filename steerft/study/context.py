@@ -4,7 +4,10 @@ The base model is loaded once and never modified: methods that change weights or
 work on copies (`fresh_model`), and steering selection attaches and removes its adapters around
 each use, so every point is scored against the same base. Its own scores (validation and test
 preference, the KL reference) are therefore computed once per study (`base_preference`,
-`base_kl_reference`) and shared by every method.
+`base_kl_reference`) and shared by every method, and so are its recorded passes over the
+validation, test and general-text rows (`base_record`): every steering candidate, and every point
+whose model is the base weights plus one added vector, is scored by replay from its block on
+them (`replayed_logprobs`) instead of running the model again.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..data import (
 )
 from ..batching import EncodedRow, encode
 from ..jobs import startup
-from ..metrics import PreferenceResult, Steering, base_log_distributions
+from ..metrics import PreferenceResult, Steering, base_log_distributions, preference
 from ..metrics._forward import as_base, pad_id
 from ..metrics.site_cache import BaseRecord, record_base, supports_site_cache
 from ..models import is_base_builtin, load_tokenizer
@@ -228,9 +231,16 @@ def base_record(ctx: StudyContext, split: str) -> BaseRecord:
 
 
 def base_preference(ctx: StudyContext, split: str) -> PreferenceResult:
-    """The base model's completion preference on `split`, scored once per study for every method that needs it."""
-    return remember_base(ctx, ("preference", split), lambda: preference_results(
-        base_pairs(ctx, split), base_record(ctx, split).logprobs([None]))[0])
+    """The base model's completion preference on `split`, scored once per study for every method that needs it:
+    from the split's base record (its recording pass), unless the model's blocks cannot be replayed."""
+
+    def compute() -> PreferenceResult:
+        pairs = base_pairs(ctx, split)
+        if not supports_site_cache(ctx.model):
+            return preference(ctx.model, ctx.tokenizer, pairs, batch_size=ctx.config.eval.batch_size)
+        return preference_results(pairs, base_record(ctx, split).logprobs([None]))[0]
+
+    return remember_base(ctx, ("preference", split), compute)
 
 
 def single_vector(model: nn.Module) -> Steering | None:

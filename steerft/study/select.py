@@ -17,8 +17,11 @@ margin, the default, or accuracy), and three rules keep the choice honest:
   the first within the caps, and the gentler ones that tie with it), so a large grid stays cheap.
 
 Extracted vectors on a plain model, and a trained steer adapter's single vector, are scored by
-`site_logprobs`: one recorded base pass over the validation items serves every candidate, each of
-which re-runs only the blocks above its layer.
+replay: the base model's recorded passes over the validation items serve every candidate, each of
+which re-runs only the blocks above its layer. On the study's base weights under its prompts the
+study's kept record is read (`context.replayed_logprobs`, recorded once per study); otherwise
+(another prompt, a merged LoRA below) `site_logprobs` records the passes for the call. The
+general-text cross-entropy of the `delta_ce` cap is replayed the same way.
 """
 
 from __future__ import annotations
