@@ -464,3 +464,33 @@ def test_general_text_cross_entropy_by_replay_equals_scoring_the_vector_attached
         want = attached(candidate.layer, candidate.multiplier) - base if candidate.multiplier else 0.0
         assert candidate.val_delta_ce == pytest.approx(want, abs=1e-5)
     assert abs(attached(2, 4.0) - base) > 1e-3  # the vector did move it
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_kl_by_replay_equals_kl_with_the_vector_attached(arch, positions):
+    from steerft.data import PromptFormatter
+    from steerft.metrics import kl_to_base
+    from steerft.study import select
+    from steerft.study.context import base_kl_reference
+    from steerft.study.evaluate import replayed_kl, study_kl
+    from steerft.study.scorable import Scorable, attach
+
+    model, tokenizer = tiny_model(arch)
+    ctx = _study_context(model, tokenizer, _items(), positions=positions, layers=[2])
+    vector = 4 * torch.randn(64, generator=torch.Generator().manual_seed(7))
+    prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
+    method = attach(ctx.fresh_model(), {2: vector}, 1.5, positions)  # a point's model
+    replayed = replayed_kl(ctx, Scorable(method, ctx.fmt))
+    assert replayed == study_kl(ctx, Scorable(method, ctx.fmt)) > 1e-4
+    assert replayed == pytest.approx(kl_to_base(method, tokenizer, prompts, prompts, ctx.references, batch_size=3,
+                                                base_model=model), abs=1e-5)
+    other_prompt = PromptFormatter(tokenizer, system_prompt="Be brief.")
+    assert replayed_kl(ctx, Scorable(method, other_prompt)) is None  # another prompt: scored attached
+    with steered(model, {2: vector}, positions) as peft_model:  # selection attaches in place on the base model
+        with peft_model.using_multiplier(1.5):
+            in_place = select._kl_to_unsteered(ctx, peft_model, ctx.fmt)
+            assert in_place == pytest.approx(kl_to_base(peft_model, tokenizer, prompts, prompts, ctx.references,
+                                                        batch_size=3), abs=1e-5)
+    assert in_place == pytest.approx(replayed, abs=1e-6) and ("record", "neutral") in ctx.base_memo
+    assert base_kl_reference(ctx) is base_kl_reference(ctx)

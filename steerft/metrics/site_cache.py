@@ -333,6 +333,16 @@ class _RecordedBatch:
         next_logits = None if completion is None else self._logits(completion[:, :-1][self.batch.predicts_next])
         return _summed(self._logits(prompt_last), next_logits, self.batch)
 
+    def log_distributions(self, steering: Steering | None) -> torch.Tensor:
+        """Float32 (R, C, V) next-token log-probabilities predicting each completion column under `steering`
+        (what `completion_log_distributions` gives for the model steered so)."""
+        prompt_last, completion = self._final_hidden(steering)
+        self._reset(-1, {})
+        logits = self._logits(prompt_last)[self.batch.group].unsqueeze(1)
+        if completion is not None:
+            logits = torch.cat([logits, self._logits(completion[:, :-1])], dim=1)
+        return logits.float().log_softmax(-1)
+
     def tensors(self) -> Iterator[torch.Tensor]:
         """Every tensor the record holds (some several times: rotary embeddings and masks are shared by blocks)."""
         for recorded in filter(None, (self.prompt_pass, self.completion_pass)):
@@ -386,6 +396,11 @@ class BaseRecord:
                     for recorded in self._kept or () for t in recorded.tensors()}
         return sum(storages.values())
 
+    def _check(self, candidates: Sequence[Steering | None]) -> None:
+        for steering in candidates:
+            if steering is not None and steering.layer not in self.layers:
+                raise ValueError(f"Candidate layer {steering.layer} is not recorded (layers {sorted(self.layers)}).")
+
     def _recorded(self) -> Iterator[_RecordedBatch]:
         device = device_of(self.model)
         for batch in shared_batches(self.rows, self.batch_size, self.pad):
@@ -395,14 +410,20 @@ class BaseRecord:
         """Float64 (n_candidates, n_rows) completion log-probability sums; a None candidate (or multiplier 0) is the
         base model. Each candidate runs only the blocks above its layer, and only the completion tokens when it
         steers completion positions and the record holds the prompt cache."""
-        for steering in candidates:
-            if steering is not None and steering.layer not in self.layers:
-                raise ValueError(f"Candidate layer {steering.layer} is not recorded (layers {sorted(self.layers)}).")
+        self._check(candidates)
         sums = torch.zeros((len(candidates), len(self.rows)), dtype=torch.float64)
         with inference(self.model):
             for recorded in self._kept if self._kept is not None else self._recorded():
                 _scatter(torch.stack([recorded.logprobs(steering) for steering in candidates]), recorded.batch, sums)
         return sums
+
+
+    def log_distributions(self, steering: Steering | None) -> Iterator[tuple[SharedBatch, torch.Tensor]]:
+        """Each batch with its rows' (R, C, V) log-distributions over the completion columns under `steering`."""
+        self._check([steering])
+        with inference(self.model):
+            for recorded in self._kept if self._kept is not None else self._recorded():
+                yield recorded.batch, recorded.log_distributions(steering)
 
 
 def record_bytes(model: nn.Module, rows: Sequence[EncodedRow], layers: Sequence[int], *, prompt_cache: bool,

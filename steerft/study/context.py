@@ -13,7 +13,8 @@ them (`replayed_logprobs`) instead of running the model again.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -211,9 +212,22 @@ def general_rows(ctx: StudyContext, scorable: Scorable) -> list[EncodedRow]:
 
 
 def base_rows(ctx: StudyContext, split: str) -> list[EncodedRow]:
-    """The rows the base model is scored on: `val` and `test` pairs (`pair_rows`), or the `general` texts."""
-    return remember_base(ctx, ("rows", split), lambda: general_rows(ctx, Scorable(ctx.model, ctx.fmt))
-                         if split == "general" else pair_rows(ctx.tokenizer, base_pairs(ctx, split)))
+    """The rows the base model is scored on: `val` and `test` pairs (`pair_rows`), the `general` texts, or the
+    `neutral` prompts with their reference continuations (what the KL runs along)."""
+
+    def rows() -> list[EncodedRow]:
+        if split == "general":
+            return general_rows(ctx, Scorable(ctx.model, ctx.fmt))
+        if split == "neutral":
+            return neutral_rows(ctx, Scorable(ctx.model, ctx.fmt))
+        return pair_rows(ctx.tokenizer, base_pairs(ctx, split))
+
+    return remember_base(ctx, ("rows", split), rows)
+
+
+def neutral_rows(ctx: StudyContext, scorable: Scorable) -> list[EncodedRow]:
+    """The neutral prompts under `scorable`'s prompt, each with the base model's reference continuation."""
+    return [encode(ctx.tokenizer, scorable.prompt(p), c) for p, c in zip(ctx.neutral_prompts, ctx.references)]
 
 
 def steerable_layers(ctx: StudyContext) -> list[int]:
@@ -274,21 +288,30 @@ def computes_as_base(ctx: StudyContext, model: nn.Module) -> bool:
     return all(name in own and (own[name] is weight or torch.equal(own[name], weight)) for name, weight in base.items())
 
 
-def replayed_logprobs(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[EncodedRow],
-                      steerings: Sequence[Steering | None]) -> torch.Tensor | None:
-    """(steerings, rows) log-probability sums replayed from the study's kept record of `split`, when `rows` are its
-    rows, `model` computes as the base model (`computes_as_base`) and every steering's layer is recorded; else None.
+@contextmanager
+def replaying(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[EncodedRow],
+              steerings: Sequence[Steering | None]) -> Iterator[BaseRecord | None]:
+    """The study's kept record of `split` to replay `steerings` from, when `rows` are its rows, `model` computes
+    as the base model (`computes_as_base`) and every steering's layer is recorded; else None.
 
-    `model`'s own adapter stays disabled during the replay: a steer adapter attached to the study's base
+    `model`'s own adapter stays disabled meanwhile: a steer adapter attached to the study's base
     model in place (selection does this) would otherwise add its vector inside the replayed blocks too.
     """
     layers = {s.layer for s in steerings if s is not None}
     if list(rows) != base_rows(ctx, split) or not layers <= set(steerable_layers(ctx)):
-        return None
+        yield None
+        return
     with as_base(model):
-        if not supports_site_cache(ctx.model) or not computes_as_base(ctx, model):
-            return None
-        return base_record(ctx, split).logprobs(steerings)
+        usable = supports_site_cache(ctx.model) and computes_as_base(ctx, model)
+        yield base_record(ctx, split) if usable else None
+
+
+def replayed_logprobs(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[EncodedRow],
+                      steerings: Sequence[Steering | None]) -> torch.Tensor | None:
+    """(steerings, rows) log-probability sums replayed from the study's kept record of `split` (`replaying`),
+    or None where it does not apply."""
+    with replaying(ctx, model, split, rows, steerings) as record:
+        return None if record is None else record.logprobs(steerings)
 
 
 def base_kl_reference(ctx: StudyContext) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -29,6 +30,7 @@ from ..metrics import (
     kl_to_base,
     preference,
 )
+from ..metrics.side_effects import batch_kl
 from .context import (
     GENERAL_TEXT_REQUEST,
     StudyContext,
@@ -36,10 +38,12 @@ from .context import (
     base_pairs,
     base_preference,
     general_rows,
+    neutral_rows,
     pair_rows,
     preference_results,
     prompt_format,
     replayed_logprobs,
+    replaying,
     single_vector,
 )
 from .judging import judged_metrics
@@ -71,14 +75,11 @@ def measure(ctx: StudyContext, scorable: Scorable, *, baseline: bool = False) ->
         record |= {"matching_answers": answers, "competence": verdict.as_dict(),
                    "competence_warning": None if verdict.passed or not verdict.gating else verdict.message,
                    "data": {**ctx.data.hygiene, "chat_template": prompt_format(ctx.config, ctx.tokenizer)}}
-    base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
-    method_prompts = [scorable.prompt(p) for p in ctx.neutral_prompts]
     return {
         "accuracy": result.accuracy,
         "mean_margin": result.mean_margin,
         "margins": result.margins.tolist(),
-        "kl": kl_to_base(model, tokenizer, base_prompts, method_prompts, ctx.references, base_model=ctx.model,
-                         batch_size=batch_size, reference=base_kl_reference(ctx)),
+        "kl": study_kl(ctx, scorable),
         "ce": study_cross_entropy(ctx, scorable),
         "params": scorable.params,
         "choice": scorable.choice,
@@ -97,6 +98,35 @@ def replayed_preference(ctx: StudyContext, model: nn.Module, split: str,
     logprobs = None if steering is None else replayed_logprobs(ctx, model, split, pair_rows(ctx.tokenizer, pairs),
                                                                 [steering])
     return None if logprobs is None else preference_results(pairs, logprobs)[0]
+
+
+def study_kl(ctx: StudyContext, scorable: Scorable) -> float:
+    """KL(base || method) along the base model's continuations of the neutral prompts (`kl_to_base`), the base
+    side from `base_kl_reference`; replayed from the study's kept record when `scorable` is the base weights
+    steered by one added vector under the base prompts."""
+    replayed = replayed_kl(ctx, scorable)
+    if replayed is not None:
+        return replayed
+    return kl_to_base(scorable.model, ctx.tokenizer, [ctx.fmt.prompt(p) for p in ctx.neutral_prompts],
+                      [scorable.prompt(p) for p in ctx.neutral_prompts], ctx.references, base_model=ctx.model,
+                      batch_size=ctx.config.eval.batch_size, reference=base_kl_reference(ctx))
+
+
+def replayed_kl(ctx: StudyContext, scorable: Scorable) -> float | None:
+    """`study_kl` by replay from the study's kept record of the neutral rows, when `scorable` is the base weights
+    steered by one added vector under the base prompts (the unsteered model is then the base); else None."""
+    steering = single_vector(scorable.model)
+    if steering is None:
+        return None
+    rows = neutral_rows(ctx, scorable)
+    with replaying(ctx, scorable.model, "neutral", rows, [steering]) as record:
+        if record is None:
+            return None
+        reference = base_kl_reference(ctx)
+        per_item = torch.zeros(len(rows), dtype=torch.float64)
+        for batch, logp in record.log_distributions(steering):
+            per_item[batch.index] = batch_kl(reference, batch, logp)
+        return per_item.mean().item()
 
 
 def study_cross_entropy(ctx: StudyContext, scorable: Scorable) -> float:

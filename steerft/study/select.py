@@ -44,8 +44,14 @@ from ..metrics import (
     site_logprobs,
     supports_site_cache,
 )
-from .context import StudyContext, pair_rows, preference_results, replayed_logprobs, single_vector
-from .evaluate import study_cross_entropy
+from .context import (
+    StudyContext,
+    pair_rows,
+    preference_results,
+    replayed_logprobs,
+    single_vector,
+)
+from .evaluate import replayed_kl, study_cross_entropy
 from .scorable import Scorable, steered
 
 SIDE_EFFECTS = ("kl", "delta_ce")
@@ -216,12 +222,20 @@ def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, 
     caps = ctx.config.select_caps
     effects: dict[str, float] = {}
     if "kl" in caps:
-        prompts = [fmt.prompt(p) for p in ctx.neutral_prompts]
-        effects["kl"] = 0.0 if unsteered else max(kl_to_base(
-            model, ctx.tokenizer, prompts, prompts, ctx.references, batch_size=ctx.config.eval.batch_size), 0.0)
+        effects["kl"] = 0.0 if unsteered else max(_kl_to_unsteered(ctx, model, fmt), 0.0)
     if "delta_ce" in caps:
         effects["ce"] = study_cross_entropy(ctx, Scorable(model, fmt))
     return effects
+
+
+def _kl_to_unsteered(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter) -> float:
+    """KL(unsteered || steered) under `fmt`'s prompts: by replay against the study's base reference where `model` is
+    the base weights plus one vector under the base prompts (`replayed_kl`), else the adapter-disabled model's."""
+    replayed = replayed_kl(ctx, Scorable(model, fmt))
+    if replayed is not None:
+        return replayed
+    prompts = [fmt.prompt(p) for p in ctx.neutral_prompts]
+    return kl_to_base(model, ctx.tokenizer, prompts, prompts, ctx.references, batch_size=ctx.config.eval.batch_size)
 
 
 def _candidate(ctx: StudyContext, layer: int, multiplier: float, result: PreferenceResult, effects: dict[str, float],
