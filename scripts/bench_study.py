@@ -30,9 +30,10 @@ largest difference in log-probs.
 on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
 default [1, 2] on 16 validation items, the chosen one scored on `--test-items` test items. Plain =
 reference log-probs recomputed every step and each multiplier scored attached; fast = the study's
-path now: references precomputed once (`steerft.training.reference_defaults`) and the multipliers
-replayed from block 14 on the adapter-disabled model (`select.multipliers_on`). Its last line reads
-`trained_point_speedup=Z`.
+path now: references precomputed once (`steerft.training.reference_defaults`), the multipliers
+replayed from block 14 (`select.multipliers_on`) and the chosen one on test
+(`evaluate.replayed_preference`), both from base records kept in a study context built inside the
+timed run (a study of this one point pays for them). Its last line reads `trained_point_speedup=Z`.
 
 `--kl` times one point's KL to the base model on the study's 16 neutral prompts along the base's
 16-token continuations, for a steered model. Plain = the base and the method each run in full

@@ -494,3 +494,22 @@ def test_kl_by_replay_equals_kl_with_the_vector_attached(arch, positions):
                                                         batch_size=3), abs=1e-5)
     assert in_place == pytest.approx(replayed, abs=1e-6) and ("record", "neutral") in ctx.base_memo
     assert base_kl_reference(ctx) is base_kl_reference(ctx)
+
+
+def test_a_study_over_its_record_cap_replays_from_records_made_per_call_with_the_same_choice(monkeypatch):
+    from steerft.study import context, select
+
+    model, tokenizer = tiny_model("llama")
+    vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) for layer in (0, 2)}
+    kept_ctx = _study_context(model, tokenizer, _items(), layers=[0, 2])
+    kept = select.choose_steering(kept_ctx, model, kept_ctx.fmt, vectors)
+    assert context.base_record(kept_ctx, "val").kept
+    capped_ctx = _study_context(model, tokenizer, _items(), layers=[0, 2])
+    first = context.base_record(capped_ctx, "test").nbytes
+    monkeypatch.setattr(context, "DEFAULT_RECORD_CAP", first + 1)  # one study-wide budget: the test record took it
+    capped = select.choose_steering(capped_ctx, model, capped_ctx.fmt, vectors)
+    assert not context.base_record(capped_ctx, "val").kept
+    assert [(c.layer, c.multiplier, c.val_accuracy) for c in capped.grid] == \
+        [(c.layer, c.multiplier, c.val_accuracy) for c in kept.grid] and capped.best == kept.best
+    torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in capped.grid]),
+                               torch.tensor([c.val_mean_margin for c in kept.grid]), rtol=0, atol=1e-5)

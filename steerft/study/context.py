@@ -38,7 +38,7 @@ from ..batching import EncodedRow, encode
 from ..jobs import startup
 from ..metrics import PreferenceResult, Steering, base_log_distributions, preference
 from ..metrics._forward import as_base, pad_id
-from ..metrics.site_cache import BaseRecord, record_base, supports_site_cache
+from ..metrics.site_cache import DEFAULT_RECORD_CAP, BaseRecord, record_base, supports_site_cache
 from ..models import is_base_builtin, load_tokenizer
 from ..runconfig import ConfigError
 from ..tuner import SteerConfig, SteerLayer
@@ -238,10 +238,12 @@ def steerable_layers(ctx: StudyContext) -> list[int]:
 def base_record(ctx: StudyContext, split: str) -> BaseRecord:
     """The base model's passes over `split`'s rows (`base_rows`), recorded once per study for replays from any
     steerable layer; with `positions: completion` it keeps the prompts' cache too. Over the record's memory cap
-    (`site_cache.DEFAULT_RECORD_CAP`) it is recorded again in each call instead (same numbers)."""
+    (`site_cache.DEFAULT_RECORD_CAP`, for all of a study's records together) it is recorded again in each call
+    instead (same numbers)."""
+    kept = sum(value.nbytes for key, value in ctx.base_memo.items() if key[0] == "record")
     return remember_base(ctx, ("record", split), lambda: record_base(
         ctx.model, base_rows(ctx, split), steerable_layers(ctx), prompt_cache=ctx.config.positions == "completion",
-        batch_size=ctx.config.eval.batch_size, pad=pad_id(ctx.tokenizer)))
+        batch_size=ctx.config.eval.batch_size, pad=pad_id(ctx.tokenizer), max_bytes=DEFAULT_RECORD_CAP - kept))
 
 
 def base_preference(ctx: StudyContext, split: str) -> PreferenceResult:
