@@ -411,7 +411,7 @@ def _study_config(tiny_dir, out, positions):
 def test_a_study_records_each_split_once_and_scores_extracted_vectors_on_test_like_attached(
         tiny_dir, tmp_path, monkeypatch, positions):
     from steerft.metrics import preference
-    from steerft.study import context, evaluate
+    from steerft.study import context, evaluate, select
     from steerft.study.runner import run_study
 
     recorded, replayed = [], []
@@ -425,7 +425,12 @@ def test_a_study_records_each_split_once_and_scores_extracted_vectors_on_test_li
         return result
 
     monkeypatch.setattr(evaluate, "replayed_preference", spy)
+    selection_splits = []
+    real_replay = select.replayed_logprobs
+    monkeypatch.setattr(select, "replayed_logprobs", lambda ctx, model, split, *a: selection_splits.append(split) or
+                        real_replay(ctx, model, split, *a))
     run_study(_study_config(tiny_dir, tmp_path / "study", positions))
+    assert set(selection_splits) == {"val"}  # selection replays validation items only, never test
     assert len(recorded) == len({tuple(map(tuple, (r.ids for r in rows))) for rows in recorded}) >= 2
     assert len(replayed) == 4  # caa and random at n = 2 and 4: every one from the kept test record
     for result, attached in replayed:
