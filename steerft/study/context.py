@@ -296,11 +296,14 @@ def replaying(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[En
     """The study's kept record of `split` to replay `steerings` from, when `rows` are its rows, `model` computes
     as the base model (`computes_as_base`) and every steering's layer is recorded; else None.
 
-    `model`'s own adapter stays disabled meanwhile: a steer adapter attached to the study's base
-    model in place (selection does this) would otherwise add its vector inside the replayed blocks too.
+    `model`'s own adapter stays disabled meanwhile. While a vector is attached to the study's base
+    model in place (selection's fallback does this) nothing is replayed: its replay and records
+    would run through the attached layer, and a record built then could differ from one built on
+    the bare model by float rounding, so a resumed study would not repeat an uninterrupted one.
     """
     layers = {s.layer for s in steerings if s is not None}
-    if list(rows) != base_rows(ctx, split) or not layers <= set(steerable_layers(ctx)):
+    attached = any(isinstance(module, SteerLayer) for module in ctx.model.modules())
+    if attached or list(rows) != base_rows(ctx, split) or not layers <= set(steerable_layers(ctx)):
         yield None
         return
     with as_base(model):

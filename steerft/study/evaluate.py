@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from ..data import BehaviourItem, ContrastPair, answer_key
 from ..metrics import (
     PreferenceResult,
+    Steering,
     ab_result,
     answer_letter,
     competence_check,
@@ -112,10 +113,11 @@ def study_kl(ctx: StudyContext, scorable: Scorable) -> float:
                       batch_size=ctx.config.eval.batch_size, reference=base_kl_reference(ctx))
 
 
-def replayed_kl(ctx: StudyContext, scorable: Scorable) -> float | None:
+def replayed_kl(ctx: StudyContext, scorable: Scorable, steering: Steering | None = None) -> float | None:
     """`study_kl` by replay from the study's kept record of the neutral rows, when `scorable` is the base weights
-    steered by one added vector under the base prompts (the unsteered model is then the base); else None."""
-    steering = single_vector(scorable.model)
+    steered by one added vector (`steering` added to them, if given) under the base prompts (the unsteered
+    model is then the base); else None."""
+    steering = steering or single_vector(scorable.model)
     if steering is None:
         return None
     rows = neutral_rows(ctx, scorable)
@@ -132,14 +134,22 @@ def replayed_kl(ctx: StudyContext, scorable: Scorable) -> float | None:
 def study_cross_entropy(ctx: StudyContext, scorable: Scorable) -> float:
     """`reply_cross_entropy` on the study's general texts; replayed from the study's kept record of them when
     `scorable` is the base model, or its weights steered by one added vector, under the base prompt."""
+    replayed = replayed_cross_entropy(ctx, scorable)
+    if replayed is not None:
+        return replayed
+    return reply_cross_entropy(scorable, ctx.tokenizer, ctx.general_texts, batch_size=ctx.config.eval.batch_size)
+
+
+def replayed_cross_entropy(ctx: StudyContext, scorable: Scorable, steering: Steering | None = None) -> float | None:
+    """`study_cross_entropy` by replay of `steering` (else the model's single vector, or nothing on the base model)
+    from the study's kept record of the general texts; None where it does not apply."""
     model = scorable.model
-    steering = None if model is ctx.model else single_vector(model)
+    steering = steering or (None if model is ctx.model else single_vector(model))
+    if steering is None and model is not ctx.model:
+        return None
     rows = general_rows(ctx, scorable)
-    logprobs = None if steering is None and model is not ctx.model else \
-        replayed_logprobs(ctx, model, "general", rows, [steering])
-    if logprobs is None:
-        return reply_cross_entropy(scorable, ctx.tokenizer, ctx.general_texts, batch_size=ctx.config.eval.batch_size)
-    return (-logprobs.sum() / sum(row.completion_length for row in rows)).item()
+    logprobs = replayed_logprobs(ctx, model, "general", rows, [steering])
+    return None if logprobs is None else (-logprobs.sum() / sum(row.completion_length for row in rows)).item()
 
 
 def reply_cross_entropy(scorable: Scorable, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,

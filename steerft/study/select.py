@@ -51,7 +51,7 @@ from .context import (
     replayed_logprobs,
     single_vector,
 )
-from .evaluate import replayed_kl, study_cross_entropy
+from .evaluate import replayed_cross_entropy, replayed_kl, study_cross_entropy
 from .scorable import Scorable, steered
 
 SIDE_EFFECTS = ("kl", "delta_ce")
@@ -185,7 +185,8 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
 
     `model` is left unchanged: each layer's vector is attached only while it is scored, or, on a
     plain model, added by the block replay without attaching anything. Side effects are measured
-    only for the candidates `best_of` has to check (one attach each).
+    only for the candidates `best_of` has to check: by replay from the study's kept records where
+    they apply, else with the vector attached.
     """
     positions = ctx.config.positions
     if not supports_site_cache(model):
@@ -205,9 +206,9 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
     def measure(candidate: Candidate) -> Candidate:
         if not base:
             base.update(_side_effects(ctx, model, fmt, unsteered=True))
-        if candidate.multiplier == 0:
-            effects = base
-        else:
+        steering = Steering(candidate.layer, vectors[candidate.layer], candidate.multiplier, positions)
+        effects = base if candidate.multiplier == 0 else _replayed_side_effects(ctx, model, fmt, steering)
+        if effects is None:
             with steered(model, {candidate.layer: vectors[candidate.layer]}, positions) as peft_model:
                 with peft_model.using_multiplier(candidate.multiplier):
                     effects = _side_effects(ctx, peft_model, fmt, unsteered=False)
@@ -225,6 +226,25 @@ def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, 
         effects["kl"] = 0.0 if unsteered else max(_kl_to_unsteered(ctx, model, fmt), 0.0)
     if "delta_ce" in caps:
         effects["ce"] = study_cross_entropy(ctx, Scorable(model, fmt))
+    return effects
+
+
+def _replayed_side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
+                           steering: Steering) -> dict[str, float] | None:
+    """`_side_effects` of `steering` added to the unsteered `model`, by replay from the study's kept records
+    without attaching anything; None where a capped effect cannot be replayed."""
+    scorable = Scorable(model, fmt)
+    effects: dict[str, float] = {}
+    if "kl" in ctx.config.select_caps:
+        kl = replayed_kl(ctx, scorable, steering)
+        if kl is None:
+            return None
+        effects["kl"] = max(kl, 0.0)
+    if "delta_ce" in ctx.config.select_caps:
+        ce = replayed_cross_entropy(ctx, scorable, steering)
+        if ce is None:
+            return None
+        effects["ce"] = ce
     return effects
 
 
