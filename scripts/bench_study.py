@@ -35,6 +35,10 @@ replayed from block 14 (`select.multipliers_on`) and the chosen one on test
 (`evaluate.replayed_preference`), both from base records kept in a study context built inside the
 timed run (a study of this one point pays for them). Its last line reads `trained_point_speedup=Z`.
 
+`--profile-point` runs the `none` and a `caa` point of a real study (`dialogues`, n = 8, layers
+{6, 12, 18} x multipliers {1, 2}, 16 validation and 100 test items, judge off) and prints, per
+point, where its process CPU time went (cProfile, cumulative seconds of the study's functions).
+
 `--kl` times one point's KL to the base model on the study's 16 neutral prompts along the base's
 16-token continuations, for a steered model. Plain = the base and the method each run in full
 forwards, logits at every position, in batches of the base rows; fast = the study's path now: the
@@ -163,6 +167,39 @@ def plain_kl(model, tokenizer, prompts, continuations, batch_size: int) -> float
     return per_item.mean().item()
 
 
+PROFILED = ("pair_activations", "choose_steering", "_replayed", "_side_effects", "_replayed_side_effects", "measure",
+            "preference", "replayed_preference", "kl_to_base", "study_kl", "study_cross_entropy", "reply_cross_entropy",
+            "generate_samples", "base_record", "base_preference", "base_log_distributions")
+
+
+def profile_point() -> None:
+    """The `none` and a `caa` point of a real study, profiled on process CPU time: where a point's time goes."""
+    import cProfile
+    import pstats
+    from pathlib import Path
+
+    from steerft.study import runner
+    from steerft.study.config import EvalSettings, JudgeSettings, StudyConfig
+    from steerft.study.context import load_data
+    from steerft.study.points import Point
+
+    with tempfile.TemporaryDirectory() as out:
+        config = StudyConfig(model="smollm2-135m-instruct", dataset="dialogues", methods=["none", "caa"], n=[8],
+                             seeds=[0], layers=[6, 12, 18], multipliers=[1.0, 2.0], judge=JudgeSettings(kind="none"),
+                             eval=EvalSettings(test_items=100, val_items=16), wandb=False, threads=1, output_dir=out)
+        ctx = runner._context(config, load_data(config), Path(out))
+        for point in (Point("none"), Point("caa", 8, 0)):
+            profile = cProfile.Profile(time.process_time)
+            wall, cpu = time.perf_counter(), time.process_time()
+            record = profile.runcall(runner.compute_point, ctx, point)
+            print(f"{point.key}: cpu {time.process_time() - cpu:.1f} s, wall {time.perf_counter() - wall:.1f} s, "
+                  f"choice L{record['choice'].get('layer')} x{record['choice'].get('multiplier')}", flush=True)
+            for (path, line, name), (_, calls, _, cumulative, _) in sorted(
+                    pstats.Stats(profile).stats.items(), key=lambda item: -item[1][3]):
+                if name in PROFILED and "steerft" in path:
+                    print(f"  {cumulative:7.1f} s  {calls:3d} calls  {name} ({path.split('steerft/')[-1]}:{line})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, every 10th layer (under 5 minutes)")
@@ -175,8 +212,12 @@ def main() -> None:
     parser.add_argument("--train-items", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--test-items", type=int, default=16, help="--trained: test items scored")
+    parser.add_argument("--profile-point", action="store_true", help="profile a real none + caa point (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile_point:
+        profile_point()
+        return
     model, tokenizer = load_model("smollm2-135m-instruct")
     fmt = PromptFormatter(tokenizer)
     items = load_behaviour("dialogues").items

@@ -208,18 +208,19 @@ def supports_site_cache(model: nn.Module) -> bool:
 
 
 DEFAULT_RECORD_CAP = 2 * 2**30
-"""Bytes a kept base record may take (`record_base`); above it the record re-records per call."""
+"""Bytes kept base records may take (`record_base`'s default, a study's budget for all of its records); a record
+over it is recorded again in each call instead."""
 
 
 @dataclass
 class _Pass:
     """One recorded base pass, only what replays from the recorded layers need: the residual stream
     leaving each of those blocks, and the other arguments (masks, rotary embeddings, position ids)
-    of every block above the lowest of them."""
+    of every block above the lowest of them: the positional ones after the hidden state (None when
+    the hidden state came as a keyword) and the keyword ones but the hidden state."""
 
     leaving: dict[int, torch.Tensor]
-    calls: dict[int, tuple[tuple | None, dict]]  # (positional arguments after the hidden state, or None when it
-    #                                               came as a keyword; keyword arguments but the hidden state)
+    calls: dict[int, tuple[tuple | None, dict]]
 
 
 @contextmanager
