@@ -12,21 +12,32 @@ SmolLM2-135M-Instruct on the bundled long-prompt set `dialogues` (prompts 150–
     Fast = `site_logprobs`: one recorded base pass per batch, each candidate from its block up.
 (b) point: an extracted-vector study point = validation candidates (the study's default layers ×
     multipliers) + the chosen vector on the test items. Plain = the above plain path for both;
-    fast = `site_logprobs` for the candidates and `shared_prompt_logprobs` (through `preference`) on test.
+    fast = the study's path now: the base model's passes over the validation and the test items
+    recorded once per study (`record_base`, kept in the study context for every point; timed
+    apart as `records`, a one-off cost) and, per point, the candidates replayed from the
+    validation record and the chosen one from the test record. It prints the per-point ratio
+    (what every point after the first costs) and the ratio with the records' cost included
+    (a study of one point).
 
 `--quick` shrinks everything to finish in under 5 minutes on a busy 2-core machine: the sweep to
 every 10th layer × 5 multipliers on 1 item, the point to 3 candidates on 2 validation and 4 test
 items (about the full point's ratio of candidate to test work). The full run is all 30 layers ×
 5 multipliers on 128 items, and 9 candidates on 16 validation + 100 test items. The last line reads
-`sweep_speedup=X point_speedup=Y`. Both checks also print the largest difference in log-probs.
+`sweep_speedup=X point_speedup=Y` (Y: per point, records shared). Both checks also print the
+largest difference in log-probs.
 
 `--trained` times a trained-vector point instead (steer-dpo): a vector trained with DPO at block 14
 on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
 default [1, 2] on 16 validation items, the chosen one scored on `--test-items` test items. Plain =
 reference log-probs recomputed every step and each multiplier scored attached; fast = the study's
-path now: references precomputed once (`steerft.training.reference_defaults`) and the multipliers
-replayed from block 14 on the adapter-disabled model (`select.multipliers_on`). Its last line reads
-`trained_point_speedup=Z`.
+path now: references precomputed once (`steerft.training.reference_defaults`), the multipliers
+replayed from block 14 (`select.multipliers_on`) and the chosen one on test
+(`evaluate.replayed_preference`), both from base records kept in a study context built inside the
+timed run (a study of this one point pays for them). Its last line reads `trained_point_speedup=Z`.
+
+`--profile-point` runs the `none` and a `caa` point of a real study (`dialogues`, n = 8, layers
+{6, 12, 18} x multipliers {1, 2}, 16 validation and 100 test items, judge off) and prints, per
+point, where its process CPU time went (cProfile, cumulative seconds of the study's functions).
 
 `--kl` times one point's KL to the base model on the study's 16 neutral prompts along the base's
 16-token continuations, for a steered model. Plain = the base and the method each run in full
@@ -52,9 +63,11 @@ from steerft.data import PromptFormatter, load_behaviour, load_texts
 from steerft.metrics import kl_to_base, preference, reference_continuations
 from steerft.metrics.side_effects import base_log_distributions
 from steerft.metrics.logprobs import completion_logprobs
-from steerft.metrics.site_cache import Steering, site_logprobs
+from steerft.metrics.site_cache import Steering, record_base, site_logprobs
 from steerft.models import load_model
 from steerft.study import select
+from steerft.study.context import StudyContext, StudyData
+from steerft.study.evaluate import replayed_preference
 from steerft.study.scorable import Scorable, steered
 from steerft.training import fit, training_rows
 from steerft.tuner import SteerConfig
@@ -88,7 +101,8 @@ def margins(logprobs: torch.Tensor) -> torch.Tensor:
     return logprobs[..., :n] - logprobs[..., n:]
 
 
-def compare(name: str, rounds: int, plain, fast) -> float:
+def compare(name: str, rounds: int, plain, fast) -> tuple[float, float]:
+    """Median seconds of `plain` and `fast`, run in turn `rounds` times."""
     plain_times, fast_times, diff = [], [], 0.0
     for _ in range(rounds):
         t_plain, want = timed(plain)
@@ -100,20 +114,25 @@ def compare(name: str, rounds: int, plain, fast) -> float:
     print(f"{name}: plain {p:.1f} s ({', '.join(f'{t:.1f}' for t in plain_times)}), "
           f"fast {f:.1f} s ({', '.join(f'{t:.1f}' for t in fast_times)}), speedup {p / f:.2f}x, "
           f"max |diff| {diff:.2e}", flush=True)
-    return p / f
+    return p, f
 
 
-def trained_point(model, tokenizer, train_items, val_items, test_pairs, *, fast: bool, epochs: int,
+def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast: bool, epochs: int,
                   batch_size: int) -> torch.Tensor:
-    """Train a steer-dpo vector, choose its multiplier on validation, score the test items: the margins."""
+    """Train a steer-dpo vector, choose its multiplier on validation, score the test items: the margins.
+
+    The fast path is a study's: validation and test replayed from base records kept in a study
+    context (built here, inside the timed run: a study of this one point)."""
     fmt = PromptFormatter(tokenizer)
+    test_pairs = Scorable(model, fmt).pairs(test_items)
     with tempfile.TemporaryDirectory() as scratch:
         trained = fit(copy.deepcopy(model), tokenizer, training_rows("dpo", train_items, fmt), method="dpo",
                       peft_config=SteerConfig(layers=[TRAINED_LAYER]),
                       args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=4, seed=0,
                                 disable_tqdm=True, logging_steps=1000, precompute_ref_log_probs=fast)).eval()
-    ctx = SimpleNamespace(tokenizer=tokenizer, data=SimpleNamespace(val=val_items),
-                          config=SimpleNamespace(eval=SimpleNamespace(batch_size=batch_size)))
+    config = SimpleNamespace(positions="all", select_caps={}, eval=SimpleNamespace(batch_size=batch_size))
+    ctx = StudyContext(config, model, tokenizer, StudyData(train_items, val_items, test_items, None), [], [], [], [],
+                       [TRAINED_LAYER], [TRAINED_LAYER])
     if fast:
         candidates = select.multipliers_on(ctx, trained, fmt, TRAINED_LAYER, TRAINED_MULTIPLIERS)
     else:
@@ -124,7 +143,8 @@ def trained_point(model, tokenizer, train_items, val_items, test_pairs, *, fast:
             candidates.append(select.Candidate(TRAINED_LAYER, multiplier, accuracy, margin))
     best = max(candidates, key=lambda c: c.val_mean_margin)
     with trained.using_multiplier(best.multiplier):
-        test = preference(trained, tokenizer, test_pairs, batch_size=batch_size).margins
+        replayed = replayed_preference(ctx, trained, "test", test_pairs) if fast else None
+        test = (replayed or preference(trained, tokenizer, test_pairs, batch_size=batch_size)).margins
     return torch.tensor([c.val_mean_margin for c in candidates] + test.tolist())
 
 
@@ -147,6 +167,39 @@ def plain_kl(model, tokenizer, prompts, continuations, batch_size: int) -> float
     return per_item.mean().item()
 
 
+PROFILED = ("pair_activations", "choose_steering", "_replayed", "_side_effects", "_replayed_side_effects", "measure",
+            "preference", "replayed_preference", "kl_to_base", "study_kl", "study_cross_entropy", "reply_cross_entropy",
+            "generate_samples", "base_record", "base_preference", "base_log_distributions")
+
+
+def profile_point() -> None:
+    """The `none` and a `caa` point of a real study, profiled on process CPU time: where a point's time goes."""
+    import cProfile
+    import pstats
+    from pathlib import Path
+
+    from steerft.study import runner
+    from steerft.study.config import EvalSettings, JudgeSettings, StudyConfig
+    from steerft.study.context import load_data
+    from steerft.study.points import Point
+
+    with tempfile.TemporaryDirectory() as out:
+        config = StudyConfig(model="smollm2-135m-instruct", dataset="dialogues", methods=["none", "caa"], n=[8],
+                             seeds=[0], layers=[6, 12, 18], multipliers=[1.0, 2.0], judge=JudgeSettings(kind="none"),
+                             eval=EvalSettings(test_items=100, val_items=16), wandb=False, threads=1, output_dir=out)
+        ctx = runner._context(config, load_data(config), Path(out))
+        for point in (Point("none"), Point("caa", 8, 0)):
+            profile = cProfile.Profile(time.process_time)
+            wall, cpu = time.perf_counter(), time.process_time()
+            record = profile.runcall(runner.compute_point, ctx, point)
+            print(f"{point.key}: cpu {time.process_time() - cpu:.1f} s, wall {time.perf_counter() - wall:.1f} s, "
+                  f"choice L{record['choice'].get('layer')} x{record['choice'].get('multiplier')}", flush=True)
+            for (path, line, name), (_, calls, _, cumulative, _) in sorted(
+                    pstats.Stats(profile).stats.items(), key=lambda item: -item[1][3]):
+                if name in PROFILED and "steerft" in path:
+                    print(f"  {cumulative:7.1f} s  {calls:3d} calls  {name} ({path.split('steerft/')[-1]}:{line})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, every 10th layer (under 5 minutes)")
@@ -159,8 +212,12 @@ def main() -> None:
     parser.add_argument("--train-items", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--test-items", type=int, default=16, help="--trained: test items scored")
+    parser.add_argument("--profile-point", action="store_true", help="profile a real none + caa point (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile_point:
+        profile_point()
+        return
     model, tokenizer = load_model("smollm2-135m-instruct")
     fmt = PromptFormatter(tokenizer)
     items = load_behaviour("dialogues").items
@@ -176,17 +233,17 @@ def main() -> None:
                 "kl", args.rounds, lambda: plain_kl(peft_model, tokenizer, prompts, continuations, args.batch_size),
                 lambda: kl_to_base(peft_model, tokenizer, prompts, prompts, continuations,
                                    batch_size=args.batch_size, reference=reference))
-        print(f"kl_speedup={speedup:.2f}")
+        print(f"kl_speedup={speedup[0] / speedup[1]:.2f}")
         return
     if args.trained:
         train, val, test = items[-args.train_items:], items[:16], items[16: 16 + args.test_items]
         print(f"threads={args.threads} rounds={args.rounds} steer-dpo at block {TRAINED_LAYER}: {len(train)} items x "
               f"{args.epochs} epochs, multipliers {TRAINED_MULTIPLIERS} on {len(val)} validation items, "
               f"{len(test)} test items", flush=True)
-        run = lambda fast: trained_point(model, tokenizer, train, val, Scorable(model, fmt).pairs(test),  # noqa: E731
+        run = lambda fast: trained_point(model, tokenizer, train, val, test,  # noqa: E731
                                          fast=fast, epochs=args.epochs, batch_size=args.batch_size)
         speedup = compare("trained point", args.rounds, lambda: run(False), lambda: run(True))
-        print(f"trained_point_speedup={speedup:.2f}")
+        print(f"trained_point_speedup={speedup[0] / speedup[1]:.2f}")
         return
     sweep_items, val_items, test_items = (1, 2, 4) if args.quick else (128, 16, 100)
     n_layers = model.config.num_hidden_layers
@@ -218,17 +275,28 @@ def main() -> None:
         best = candidates[max(range(len(candidates)), key=val.__getitem__)]
         return torch.tensor(val + margins(plain_logprobs(model, tokenizer, test_pairs, best, bs)).tolist())
 
+    def records():
+        return [record_base(model, rows_of(tokenizer, pairs), (8, 14, 20), prompt_cache=pos == "completion",
+                            batch_size=bs, pad=pad) for pairs in (val_pairs, test_pairs)]
+
+    record_times = []
+    for _ in range(args.rounds):
+        seconds, (val_record, test_record) = timed(records)
+        record_times.append(seconds)
+    print(f"records (val + test, once per study): {statistics.median(record_times):.1f} s "
+          f"({', '.join(f'{t:.1f}' for t in record_times)}), {(val_record.nbytes + test_record.nbytes) / 2**20:.0f} MiB, "
+          f"kept: {val_record.kept and test_record.kept}", flush=True)
+
     def fast_point():
-        val = margins(site_logprobs(model, rows_of(tokenizer, val_pairs), candidates, batch_size=bs, pad=pad))
-        val = val.mean(-1).tolist()
+        val = margins(val_record.logprobs(candidates)).mean(-1).tolist()
         best = candidates[max(range(len(candidates)), key=val.__getitem__)]
-        with steered(model, {best.layer: best.vector}, best.positions) as peft_model:
-            with peft_model.using_multiplier(best.multiplier):
-                test = preference(peft_model, tokenizer, test_pairs, batch_size=bs).margins
-        return torch.tensor(val + test.tolist())
+        return torch.tensor(val + margins(test_record.logprobs([best]))[0].tolist())
 
     point = compare("point", args.rounds, plain_point, fast_point)
-    print(f"sweep_speedup={sweep:.2f} point_speedup={point:.2f}")
+    plain_s, fast_s = point
+    print(f"point per point (records shared): {plain_s / fast_s:.2f}x; a study of one point (records included): "
+          f"{plain_s / (fast_s + statistics.median(record_times)):.2f}x")
+    print(f"sweep_speedup={sweep[0] / sweep[1]:.2f} point_speedup={plain_s / fast_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,14 @@ from peft import LoraConfig, get_peft_model
 
 from steerft.batching import EncodedRow, encode
 from steerft.metrics.logprobs import summed_logprobs
-from steerft.metrics.site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
+from steerft.metrics.site_cache import (
+    Steering,
+    record_base,
+    record_bytes,
+    shared_prompt_logprobs,
+    site_logprobs,
+    supports_site_cache,
+)
 from steerft.testing import tiny_model
 from steerft.study.scorable import steered
 
@@ -97,22 +104,18 @@ def test_the_replay_refuses_models_it_cannot_replay_and_replays_lora_layers_insi
 
 
 def test_study_selection_by_replay_equals_selection_by_attaching():
-    from steerft.data import BehaviourItem, PromptFormatter
     from steerft.study import select
 
     model, tokenizer = tiny_model("llama")
-    items = [BehaviourItem(id=str(i), prompt=p, matching="yes, gladly", not_matching="no thanks")
-             for i, p in enumerate(PROMPTS)]
-    config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
-                             select_caps={}, eval=SimpleNamespace(batch_size=4))
-    ctx = SimpleNamespace(tokenizer=tokenizer, config=config, data=SimpleNamespace(val=items))
-    fmt = PromptFormatter(tokenizer)
+    ctx = _study_context(model, tokenizer, _items(), layers=[0, 2])
+    config = ctx.config
     vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) for layer in (0, 2)}
-    replayed = select.choose_steering(ctx, model, fmt, vectors)
+    replayed = select.choose_steering(ctx, model, ctx.fmt, vectors)
+    assert ("record", "val") in ctx.base_memo  # replayed from the study's kept validation record
     attached = []
     for layer, vector in vectors.items():
         with steered(model, {layer: vector}, "completion") as peft_model:
-            attached += select.multipliers_on(ctx, peft_model, fmt, layer, config.multipliers)[1 if attached else 0:]
+            attached += select.multipliers_on(ctx, peft_model, ctx.fmt, layer, config.multipliers)[1 if attached else 0:]
     assert [(c.layer, c.multiplier, c.val_accuracy) for c in replayed.grid] == \
            [(c.layer, c.multiplier, c.val_accuracy) for c in attached]
     torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in replayed.grid]),
@@ -188,13 +191,13 @@ def test_a_precomputed_kl_reference_gives_the_same_kl_and_must_fit_the_continuat
             kl_to_base(peft_model, tokenizer, PROMPTS, PROMPTS, COMPLETIONS[1:4], reference=reference)
 
 
-def _study_context(model, tokenizer, items):
+def _study_context(model, tokenizer, items, positions="completion", layers=(1,), train_layers=(1,)):
     from steerft.study.context import StudyContext, StudyData
 
-    config = SimpleNamespace(multipliers=[1.0, 4.0], positions="completion", select_by="mean_margin",
+    config = SimpleNamespace(multipliers=[1.0, 4.0], positions=positions, select_by="mean_margin",
                              select_caps={}, eval=SimpleNamespace(batch_size=3))
     return StudyContext(config, model, tokenizer, StudyData(items, items[:2], items, None), PROMPTS[:2],
-                        [" yes indeed", " no"], ["A text."], PROMPTS[:1], [1], [1])
+                        [" yes indeed", " no"], ["A text."], PROMPTS[:1], list(layers), list(train_layers))
 
 
 def _items():
@@ -212,13 +215,17 @@ def test_base_scores_are_computed_once_per_study_and_equal_a_fresh_computation(m
     model, tokenizer = tiny_model("gpt2")
     ctx = _study_context(model, tokenizer, _items())
     calls = []
-    monkeypatch.setattr(context, "preference", lambda *a, **k: calls.append(1) or preference(*a, **k))
+    monkeypatch.setattr(context, "record_base", lambda *a, **k: calls.append(1) or record_base(*a, **k))
     first = context.base_preference(ctx, "test")
     ctx.memo.clear()  # what the runner does between (n, seed) groups
     assert context.base_preference(ctx, "test") is first and len(calls) == 1
     fresh = preference(model, tokenizer, Scorable(model, ctx.fmt).pairs(ctx.data.test), batch_size=3)
-    assert torch.equal(first.margins, fresh.margins)
+    torch.testing.assert_close(first.margins, fresh.margins, rtol=0, atol=1e-5)
     assert context.base_preference(ctx, "val").n == 2 and len(calls) == 2
+    monkeypatch.setattr(context, "supports_site_cache", lambda model: False)  # blocks a replay could not run
+    ctx.base_memo.clear()
+    torch.testing.assert_close(context.base_preference(ctx, "test").margins, fresh.margins, rtol=0, atol=0)
+    assert len(calls) == 2
     base_prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
     assert context.base_kl_reference(ctx) is context.base_kl_reference(ctx)
     vector = 10 * torch.randn(64, generator=torch.Generator().manual_seed(5))
@@ -250,10 +257,12 @@ def test_trained_vector_multipliers_by_replay_equal_scoring_it_attached(arch, po
     ctx = _study_context(model, tokenizer, _items())
     trained = attach(tiny_model(arch)[0], {2: torch.randn(64, generator=torch.Generator().manual_seed(4))}, 1.0,
                      positions)
+    ctx.train_layers = [2]
     replays = []
     monkeypatch.setattr(select, "site_logprobs", lambda *a, **k: replays.append(1) or site_logprobs(*a, **k))
     candidates = select.multipliers_on(ctx, trained, ctx.fmt, 2, [0.5, -2.0, 3.0])
-    assert replays and trained.peft_config["default"].multiplier == 1.0
+    assert ("record", "val") in ctx.base_memo and not replays  # the same weights: the study's kept record
+    assert trained.peft_config["default"].multiplier == 1.0
     plain = _scored_one_by_one(ctx, trained, ctx.fmt, [0.0, 0.5, -2.0, 3.0])  # "don't steer" is tried first
     assert [c.val_accuracy for c in candidates] == [accuracy for accuracy, _ in plain]
     torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in candidates]),
@@ -330,3 +339,182 @@ def test_dpo_trains_the_same_vector_with_and_without_precomputed_references(tmp_
     assert len(losses) == 6 and not torch.equal(vector, torch.ones(64))
     torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
     assert losses == pytest.approx(plain_losses, abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_a_kept_record_replays_like_a_per_call_record_and_an_attached_vector(arch, padding_side, positions):
+    model, tokenizer = tiny_model(arch)
+    rows, pad = _rows(tokenizer), tokenizer.pad_token_id
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(6))
+    candidates = [None] + [Steering(layer, vector, m, positions) for layer in (0, 2) for m in (0.0, 2.0, -1.5)]
+    kept = record_base(model, rows, [0, 2], prompt_cache=positions == "completion", batch_size=4, pad=pad)
+    assert kept.kept and 0 < kept.nbytes <= record_bytes(model, rows, [0, 2], prompt_cache=positions == "completion",
+                                                         batch_size=4, pad=pad)
+    first = kept.logprobs(candidates)
+    torch.testing.assert_close(kept.logprobs(candidates[::-1]), first.flip(0), rtol=0, atol=0)  # replays leave no trace
+    torch.testing.assert_close(first, site_logprobs(model, rows, candidates, batch_size=4, pad=pad), rtol=0, atol=1e-5)
+    for steering, got in zip(candidates, first):
+        want = _plain(model, rows, pad, padding_side) if steering is None or steering.multiplier == 0 else \
+            _attached(model, rows, pad, steering, padding_side)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4, msg=f"{arch} {steering}")
+
+
+def test_a_kept_record_holds_only_the_recorded_layers_and_refuses_others():
+    model, tokenizer = tiny_model("llama")
+    rows, pad = _rows(tokenizer), tokenizer.pad_token_id
+    high = record_base(model, rows, [2], prompt_cache=True, batch_size=4, pad=pad)
+    low = record_base(model, rows, [0], prompt_cache=True, batch_size=4, pad=pad)
+    assert 0 < high.nbytes < low.nbytes  # the prompt cache only above the lowest layer, and fewer blocks' arguments
+    with pytest.raises(ValueError, match="layer 1 is not recorded"):
+        high.logprobs([Steering(1, torch.ones(64), 1.0)])
+    without_cache = record_base(model, rows, [2], prompt_cache=False, batch_size=4, pad=pad)
+    steering = Steering(2, torch.ones(64), 3.0, "completion")  # re-runs the prompt above block 2 for its cache
+    torch.testing.assert_close(without_cache.logprobs([steering]), high.logprobs([steering]), rtol=0, atol=1e-5)
+    assert without_cache.nbytes < high.nbytes
+
+
+def test_a_record_over_its_memory_cap_is_recorded_per_call_with_the_same_numbers(monkeypatch):
+    from steerft.metrics import site_cache
+
+    model, tokenizer = tiny_model("gemma3")
+    rows, pad = _rows(tokenizer), tokenizer.pad_token_id
+    estimate = record_bytes(model, rows, [1], prompt_cache=True, batch_size=4, pad=pad)
+    capped = record_base(model, rows, [1], prompt_cache=True, batch_size=4, pad=pad, max_bytes=estimate - 1)
+    kept = record_base(model, rows, [1], prompt_cache=True, batch_size=4, pad=pad, max_bytes=estimate)
+    assert kept.kept and not capped.kept and capped.nbytes == 0
+    recorded = []
+    real = site_cache._RecordedBatch.__init__
+    monkeypatch.setattr(site_cache._RecordedBatch, "__init__", lambda *a, **k: recorded.append(1) or real(*a, **k))
+    candidates = [None, Steering(1, torch.ones(64), 2.0, "completion"), Steering(1, torch.ones(64), -1.0, "all")]
+    torch.testing.assert_close(capped.logprobs(candidates), kept.logprobs(candidates), rtol=0, atol=1e-5)
+    batches = len(recorded)
+    assert batches > 0
+    capped.logprobs(candidates)
+    assert len(recorded) == 2 * batches  # recorded again in each call; the kept one never
+
+
+def _study_config(tiny_dir, out, positions):
+    from steerft.runconfig import build
+    from steerft.study.config import StudyConfig
+
+    return build(StudyConfig, {
+        "model": str(tiny_dir), "methods": ["caa", "random"], "n": [2, 4], "seeds": [0], "layers": [1, 2],
+        "multipliers": [1.0, 4.0], "positions": positions, "wandb": False, "output_dir": str(out),
+        "train": {"adapter": {"layers": [2]}}, "judge": {"kind": "none"},
+        "eval": {"test_items": 5, "val_items": 4, "neutral_prompts": 2, "general_texts": 2, "generation_prompts": 1,
+                 "generation_tokens": 2, "reference_tokens": 2}})
+
+
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_a_study_records_each_split_once_and_scores_extracted_vectors_on_test_like_attached(
+        tiny_dir, tmp_path, monkeypatch, positions):
+    from steerft.metrics import preference
+    from steerft.study import context, evaluate, select
+    from steerft.study.runner import run_study
+
+    recorded, replayed = [], []
+    monkeypatch.setattr(context, "record_base", lambda model, rows, *a, **k: recorded.append(rows) or
+                        record_base(model, rows, *a, **k))
+    real = evaluate.replayed_preference
+
+    def spy(ctx, model, split, pairs):
+        result = real(ctx, model, split, pairs)
+        replayed.append((result, preference(model, ctx.tokenizer, pairs, batch_size=3)))
+        return result
+
+    monkeypatch.setattr(evaluate, "replayed_preference", spy)
+    selection_splits = []
+    real_replay = select.replayed_logprobs
+    monkeypatch.setattr(select, "replayed_logprobs", lambda ctx, model, split, *a: selection_splits.append(split) or
+                        real_replay(ctx, model, split, *a))
+    run_study(_study_config(tiny_dir, tmp_path / "study", positions))
+    assert set(selection_splits) == {"val"}  # selection replays validation items only, never test
+    assert len(recorded) == len({tuple(map(tuple, (r.ids for r in rows))) for rows in recorded}) >= 2
+    assert len(replayed) == 4  # caa and random at n = 2 and 4: every one from the kept test record
+    for result, attached in replayed:
+        assert result is not None
+        torch.testing.assert_close(result.margins, attached.margins, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_general_text_cross_entropy_by_replay_equals_scoring_the_vector_attached(positions):
+    """Selection's delta_ce cap and a point's CE read the kept record of the general texts; the same numbers as
+    `reply_cross_entropy` with the vector attached (in place on the base model, as selection attaches it)."""
+    from steerft.study import select
+    from steerft.study.evaluate import reply_cross_entropy, study_cross_entropy
+    from steerft.study.scorable import Scorable
+
+    model, tokenizer = tiny_model("llama")
+    ctx = _study_context(model, tokenizer, _items(), positions=positions, layers=[0, 2])
+    ctx.general_texts = ["A short text.", "Another, somewhat longer piece of plain text."]
+    ctx.config.select_caps = {"delta_ce": 100.0}
+    vectors = {layer: 3 * torch.randn(64, generator=torch.Generator().manual_seed(layer)) for layer in (0, 2)}
+    choice = select.choose_steering(ctx, model, ctx.fmt, vectors)
+    assert ("record", "general") in ctx.base_memo
+
+    def attached(layer, multiplier):
+        with steered(model, {layer: vectors[layer]}, positions) as peft_model:
+            with peft_model.using_multiplier(multiplier):
+                assert study_cross_entropy(ctx, Scorable(peft_model, ctx.fmt)) == pytest.approx(
+                    reply_cross_entropy(Scorable(peft_model, ctx.fmt), tokenizer, ctx.general_texts, batch_size=3),
+                    abs=1e-5)
+                return reply_cross_entropy(Scorable(peft_model, ctx.fmt), tokenizer, ctx.general_texts, batch_size=3)
+
+    base = reply_cross_entropy(Scorable(model, ctx.fmt), tokenizer, ctx.general_texts, batch_size=3)
+    measured = [c for c in choice.grid if c.val_delta_ce is not None]
+    assert measured
+    for candidate in measured:
+        want = attached(candidate.layer, candidate.multiplier) - base if candidate.multiplier else 0.0
+        assert candidate.val_delta_ce == pytest.approx(want, abs=1e-5)
+    assert abs(attached(2, 4.0) - base) > 1e-3  # the vector did move it
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_kl_by_replay_equals_kl_with_the_vector_attached(arch, positions):
+    from steerft.data import PromptFormatter
+    from steerft.metrics import kl_to_base
+    from steerft.study import select
+    from steerft.study.context import base_kl_reference
+    from steerft.study.evaluate import replayed_kl, study_kl
+    from steerft.study.scorable import Scorable, attach
+
+    model, tokenizer = tiny_model(arch)
+    ctx = _study_context(model, tokenizer, _items(), positions=positions, layers=[2])
+    vector = 4 * torch.randn(64, generator=torch.Generator().manual_seed(7))
+    prompts = [ctx.fmt.prompt(p) for p in ctx.neutral_prompts]
+    method = attach(ctx.fresh_model(), {2: vector}, 1.5, positions)  # a point's model
+    replayed = replayed_kl(ctx, Scorable(method, ctx.fmt))
+    assert replayed == study_kl(ctx, Scorable(method, ctx.fmt)) > 1e-4
+    assert replayed == pytest.approx(kl_to_base(method, tokenizer, prompts, prompts, ctx.references, batch_size=3,
+                                                base_model=model), abs=1e-5)
+    other_prompt = PromptFormatter(tokenizer, system_prompt="Be brief.")
+    assert replayed_kl(ctx, Scorable(method, other_prompt)) is None  # another prompt: scored attached
+    with steered(model, {2: vector}, positions) as peft_model:  # selection attaches in place on the base model
+        with peft_model.using_multiplier(1.5):
+            in_place = select._kl_to_unsteered(ctx, peft_model, ctx.fmt)
+            assert in_place == pytest.approx(kl_to_base(peft_model, tokenizer, prompts, prompts, ctx.references,
+                                                        batch_size=3), abs=1e-5)
+    assert in_place == pytest.approx(replayed, abs=1e-6) and ("record", "neutral") in ctx.base_memo
+    assert base_kl_reference(ctx) is base_kl_reference(ctx)
+
+
+def test_a_study_over_its_record_cap_replays_from_records_made_per_call_with_the_same_choice(monkeypatch):
+    from steerft.study import context, select
+
+    model, tokenizer = tiny_model("llama")
+    vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) for layer in (0, 2)}
+    kept_ctx = _study_context(model, tokenizer, _items(), layers=[0, 2])
+    kept = select.choose_steering(kept_ctx, model, kept_ctx.fmt, vectors)
+    assert context.base_record(kept_ctx, "val").kept
+    capped_ctx = _study_context(model, tokenizer, _items(), layers=[0, 2])
+    first = context.base_record(capped_ctx, "test").nbytes
+    monkeypatch.setattr(context, "DEFAULT_RECORD_CAP", first + 1)  # one study-wide budget: the test record took it
+    capped = select.choose_steering(capped_ctx, model, capped_ctx.fmt, vectors)
+    assert not context.base_record(capped_ctx, "val").kept
+    assert [(c.layer, c.multiplier, c.val_accuracy) for c in capped.grid] == \
+        [(c.layer, c.multiplier, c.val_accuracy) for c in kept.grid] and capped.best == kept.best
+    torch.testing.assert_close(torch.tensor([c.val_mean_margin for c in capped.grid]),
+                               torch.tensor([c.val_mean_margin for c in kept.grid]), rtol=0, atol=1e-5)

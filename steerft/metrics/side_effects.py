@@ -17,7 +17,7 @@ from ..batching import EncodedRow, encode, text_ids
 from ._forward import as_base, check_base_model, device_of, inference, pad_id
 from .generation import greedy_ids
 from .logprobs import summed_logprobs
-from .site_cache import completion_log_distributions, shared_batches, shared_prompt_logprobs
+from .site_cache import SharedBatch, completion_log_distributions, shared_batches, shared_prompt_logprobs
 
 
 def reference_continuations(
@@ -96,12 +96,19 @@ def kl_to_base(
     per_item = torch.zeros(len(rows), dtype=torch.float64)
     with inference(model):
         for batch in shared_batches(rows, batch_size, pad_id(tokenizer)):
-            method_logp = completion_log_distributions(model, batch.to(device_of(model))).double().cpu()
-            base_logp = pad_sequence([reference[i] for i in batch.index], batch_first=True).double()
-            kl = (base_logp.exp() * (base_logp - method_logp[:, : base_logp.shape[1]])).sum(-1)
-            mask = batch.completion_mask[:, : base_logp.shape[1]].bool()
-            per_item[batch.index] = (kl * mask).sum(-1) / mask.sum(-1)
+            per_item[batch.index] = batch_kl(reference, batch, completion_log_distributions(model, batch.to(
+                device_of(model))))
     return per_item.mean().item()
+
+
+def batch_kl(reference: Sequence[torch.Tensor], batch: SharedBatch, method_logp: torch.Tensor) -> torch.Tensor:
+    """Per row of `batch`, KL(base || method) averaged over its continuation tokens, from the base's
+    `reference` (by row index) and the method's (R, C, V) log-distributions over the batch's completion columns."""
+    method_logp = method_logp.double().cpu()
+    base_logp = pad_sequence([reference[i] for i in batch.index], batch_first=True).double()
+    kl = (base_logp.exp() * (base_logp - method_logp[:, : base_logp.shape[1]])).sum(-1)
+    mask = batch.completion_mask[:, : base_logp.shape[1]].bool().cpu()
+    return (kl * mask).sum(-1) / mask.sum(-1)
 
 
 def _check_lengths(base_prompts: Sequence[str], method_prompts: Sequence[str], continuations: Sequence[str]) -> None:

@@ -4,13 +4,17 @@ The base model is loaded once and never modified: methods that change weights or
 work on copies (`fresh_model`), and steering selection attaches and removes its adapters around
 each use, so every point is scored against the same base. Its own scores (validation and test
 preference, the KL reference) are therefore computed once per study (`base_preference`,
-`base_kl_reference`) and shared by every method.
+`base_kl_reference`) and shared by every method, and so are its recorded passes over the
+validation, test and general-text rows (`base_record`): every steering candidate, and every point
+whose model is the base weights plus one added vector, is scored by replay from its block on
+them (`replayed_logprobs`) instead of running the model again.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,10 +34,14 @@ from ..data import (
     load_behaviour,
     load_texts,
 )
+from ..batching import EncodedRow, encode
 from ..jobs import startup
-from ..metrics import PreferenceResult, base_log_distributions, preference
+from ..metrics import PreferenceResult, Steering, base_log_distributions, preference
+from ..metrics._forward import as_base, pad_id
+from ..metrics.site_cache import DEFAULT_RECORD_CAP, BaseRecord, record_base, supports_site_cache
 from ..models import is_base_builtin, load_tokenizer
 from ..runconfig import ConfigError
+from ..tuner import SteerConfig, SteerLayer
 from .scorable import Scorable
 
 if TYPE_CHECKING:  # the config module imports the method registry, which builds on this module
@@ -185,10 +193,130 @@ def base_pairs(ctx: StudyContext, split: str) -> list[ContrastPair]:
     return Scorable(ctx.model, ctx.fmt).pairs(getattr(ctx.data, split))
 
 
+def pair_rows(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]) -> list[EncodedRow]:
+    """Every pair's positive completion row, then every negative one (the order `preference_results` reads)."""
+    return [encode(tokenizer, p.prompt, p.positive) for p in pairs] + [encode(tokenizer, p.prompt, p.negative)
+                                                                      for p in pairs]
+
+
+def preference_results(pairs: Sequence[ContrastPair], logprobs: torch.Tensor) -> list[PreferenceResult]:
+    """One result per candidate from (candidates, rows) log-probability sums over `pair_rows(pairs)`."""
+    n = len(pairs)
+    return [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
+
+
+def general_rows(ctx: StudyContext, scorable: Scorable) -> list[EncodedRow]:
+    """The general texts as replies to GENERAL_TEXT_REQUEST under `scorable`'s prompt (what `cross_entropy` scores)."""
+    prompt = scorable.prompt(GENERAL_TEXT_REQUEST)
+    return [encode(ctx.tokenizer, prompt, scorable.fmt.completion(text)) for text in ctx.general_texts]
+
+
+def base_rows(ctx: StudyContext, split: str) -> list[EncodedRow]:
+    """The rows the base model is scored on: `val` and `test` pairs (`pair_rows`), the `general` texts, or the
+    `neutral` prompts with their reference continuations (what the KL runs along)."""
+
+    def rows() -> list[EncodedRow]:
+        if split == "general":
+            return general_rows(ctx, Scorable(ctx.model, ctx.fmt))
+        if split == "neutral":
+            return neutral_rows(ctx, Scorable(ctx.model, ctx.fmt))
+        return pair_rows(ctx.tokenizer, base_pairs(ctx, split))
+
+    return remember_base(ctx, ("rows", split), rows)
+
+
+def neutral_rows(ctx: StudyContext, scorable: Scorable) -> list[EncodedRow]:
+    """The neutral prompts under `scorable`'s prompt, each with the base model's reference continuation."""
+    return [encode(ctx.tokenizer, scorable.prompt(p), c) for p, c in zip(ctx.neutral_prompts, ctx.references)]
+
+
+def steerable_layers(ctx: StudyContext) -> list[int]:
+    """Every block a study's vector can be added at: extracted vectors' candidate layers and trained vectors'."""
+    return sorted(set(ctx.layers) | set(ctx.train_layers))
+
+
+def base_record(ctx: StudyContext, split: str) -> BaseRecord:
+    """The base model's passes over `split`'s rows (`base_rows`), recorded once per study for replays from any
+    steerable layer; with `positions: completion` it keeps the prompts' cache too. Over the record's memory cap
+    (`site_cache.DEFAULT_RECORD_CAP`, for all of a study's records together) it is recorded again in each call
+    instead (same numbers)."""
+    kept = sum(value.nbytes for key, value in ctx.base_memo.items() if key[0] == "record")
+    return remember_base(ctx, ("record", split), lambda: record_base(
+        ctx.model, base_rows(ctx, split), steerable_layers(ctx), prompt_cache=ctx.config.positions == "completion",
+        batch_size=ctx.config.eval.batch_size, pad=pad_id(ctx.tokenizer), max_bytes=DEFAULT_RECORD_CAP - kept))
+
+
 def base_preference(ctx: StudyContext, split: str) -> PreferenceResult:
-    """The base model's completion preference on `split`, scored once per study for every method that needs it."""
-    return remember_base(ctx, ("preference", split), lambda: preference(
-        ctx.model, ctx.tokenizer, base_pairs(ctx, split), batch_size=ctx.config.eval.batch_size))
+    """The base model's completion preference on `split`, scored once per study for every method that needs it:
+    from the split's base record (its recording pass), unless the model's blocks cannot be replayed."""
+
+    def compute() -> PreferenceResult:
+        pairs = base_pairs(ctx, split)
+        if not supports_site_cache(ctx.model):
+            return preference(ctx.model, ctx.tokenizer, pairs, batch_size=ctx.config.eval.batch_size)
+        return preference_results(pairs, base_record(ctx, split).logprobs([None]))[0]
+
+    return remember_base(ctx, ("preference", split), compute)
+
+
+def single_vector(model: nn.Module) -> Steering | None:
+    """The one unmerged `add` vector at one block that steers PeftModel `model` and nothing else, at the
+    multiplier and positions it steers with now; else None."""
+    config = getattr(model, "peft_config", {})
+    if len(config) != 1:
+        return None
+    config = config[model.active_adapter]
+    merged = any(layer.merged for layer in model.modules() if isinstance(layer, SteerLayer))
+    if not isinstance(config, SteerConfig) or config.operator != "add" or merged:
+        return None
+    vectors = model.get_vectors()
+    if len(vectors) != 1:
+        return None
+    (layer, vector), = vectors.items()
+    return Steering(layer, vector.detach(), config.multiplier, config.positions)
+
+
+def computes_as_base(ctx: StudyContext, model: nn.Module) -> bool:
+    """Whether `model`'s weights (its base model's, for a PeftModel) are the study base model's: a steer
+    adapter on a copy of it is then the base model plus its vector, and replays from the base record."""
+    if model is ctx.model:
+        return True
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = dict(inner.named_parameters())
+    base = dict(ctx.model.named_parameters())
+    vectors = {id(p) for module in inner.modules() if isinstance(module, SteerLayer) for p in module.parameters()}
+    if any(name not in base and id(weight) not in vectors for name, weight in own.items()):
+        return False
+    return all(name in own and (own[name] is weight or torch.equal(own[name], weight)) for name, weight in base.items())
+
+
+@contextmanager
+def replaying(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[EncodedRow],
+              steerings: Sequence[Steering | None]) -> Iterator[BaseRecord | None]:
+    """The study's kept record of `split` to replay `steerings` from, when `rows` are its rows, `model` computes
+    as the base model (`computes_as_base`) and every steering's layer is recorded; else None.
+
+    `model`'s own adapter stays disabled meanwhile. While a vector is attached to the study's base
+    model in place (selection's fallback does this) nothing is replayed: its replay and records
+    would run through the attached layer, and a record built then could differ from one built on
+    the bare model by float rounding, so a resumed study would not repeat an uninterrupted one.
+    """
+    layers = {s.layer for s in steerings if s is not None}
+    attached = any(isinstance(module, SteerLayer) for module in ctx.model.modules())
+    if attached or list(rows) != base_rows(ctx, split) or not layers <= set(steerable_layers(ctx)):
+        yield None
+        return
+    with as_base(model):
+        usable = supports_site_cache(ctx.model) and computes_as_base(ctx, model)
+        yield base_record(ctx, split) if usable else None
+
+
+def replayed_logprobs(ctx: StudyContext, model: nn.Module, split: str, rows: Sequence[EncodedRow],
+                      steerings: Sequence[Steering | None]) -> torch.Tensor | None:
+    """(steerings, rows) log-probability sums replayed from the study's kept record of `split` (`replaying`),
+    or None where it does not apply."""
+    with replaying(ctx, model, split, rows, steerings) as record:
+        return None if record is None else record.logprobs(steerings)
 
 
 def base_kl_reference(ctx: StudyContext) -> list[torch.Tensor]:

@@ -17,8 +17,11 @@ margin, the default, or accuracy), and three rules keep the choice honest:
   the first within the caps, and the gentler ones that tie with it), so a large grid stays cheap.
 
 Extracted vectors on a plain model, and a trained steer adapter's single vector, are scored by
-`site_logprobs`: one recorded base pass over the validation items serves every candidate, each of
-which re-runs only the blocks above its layer.
+replay: the base model's recorded passes over the validation items serve every candidate, each of
+which re-runs only the blocks above its layer. On the study's base weights under its prompts the
+study's kept record is read (`context.replayed_logprobs`, recorded once per study); otherwise
+(another prompt, a merged LoRA below) `site_logprobs` records the passes for the call. The
+general-text cross-entropy of the `delta_ce` cap is replayed the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from ..batching import encode
 from ..data import PromptFormatter
 from ..metrics import (
     PreferenceResult,
@@ -42,9 +44,14 @@ from ..metrics import (
     site_logprobs,
     supports_site_cache,
 )
-from ..tuner import SteerConfig, SteerLayer
-from .context import StudyContext
-from .evaluate import reply_cross_entropy
+from .context import (
+    StudyContext,
+    pair_rows,
+    preference_results,
+    replayed_logprobs,
+    single_vector,
+)
+from .evaluate import replayed_cross_entropy, replayed_kl, study_cross_entropy
 from .scorable import Scorable, steered
 
 SIDE_EFFECTS = ("kl", "delta_ce")
@@ -159,27 +166,17 @@ def multipliers_on(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter, la
 
 def _replayed_single_vector(ctx: StudyContext, model: PeftModel, fmt: PromptFormatter,
                             multipliers: Sequence[float]) -> list[PreferenceResult] | None:
-    """Validation results at each multiplier by replay, when `model` is steered by one vector; else None."""
-    site = _single_vector(model)
+    """Validation results at each multiplier by replay, when `model` is steered by one vector; else None.
+
+    On a copy of the study's base weights the replay reads the study's kept validation record;
+    otherwise it records the adapter-disabled model's passes for this call."""
+    site = single_vector(model)
     if site is None:
         return None
-    positions = model.peft_config[model.active_adapter].positions
-    steerings = [Steering(*site, float(m), positions) for m in multipliers]
+    steerings = [replace(site, multiplier=float(m)) for m in multipliers]
     with model.disable_adapter():
         base = model.get_base_model()
         return _replayed(ctx, base, fmt, steerings) if supports_site_cache(base) else None
-
-
-def _single_vector(model: PeftModel) -> tuple[int, torch.Tensor] | None:
-    """(layer, vector) of a model steered by one unmerged `add` vector at one block and nothing else, else None."""
-    if len(model.peft_config) != 1:
-        return None
-    config = model.peft_config[model.active_adapter]
-    merged = any(layer.merged for layer in model.modules() if isinstance(layer, SteerLayer))
-    if not isinstance(config, SteerConfig) or config.operator != "add" or merged:
-        return None
-    vectors = model.get_vectors()
-    return next(iter(vectors.items())) if len(vectors) == 1 else None
 
 
 def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
@@ -188,7 +185,8 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
 
     `model` is left unchanged: each layer's vector is attached only while it is scored, or, on a
     plain model, added by the block replay without attaching anything. Side effects are measured
-    only for the candidates `best_of` has to check (one attach each).
+    only for the candidates `best_of` has to check: by replay from the study's kept records where
+    they apply, else with the vector attached.
     """
     positions = ctx.config.positions
     if not supports_site_cache(model):
@@ -208,9 +206,9 @@ def choose_steering(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
     def measure(candidate: Candidate) -> Candidate:
         if not base:
             base.update(_side_effects(ctx, model, fmt, unsteered=True))
-        if candidate.multiplier == 0:
-            effects = base
-        else:
+        steering = Steering(candidate.layer, vectors[candidate.layer], candidate.multiplier, positions)
+        effects = base if candidate.multiplier == 0 else _replayed_side_effects(ctx, model, fmt, steering)
+        if effects is None:
             with steered(model, {candidate.layer: vectors[candidate.layer]}, positions) as peft_model:
                 with peft_model.using_multiplier(candidate.multiplier):
                     effects = _side_effects(ctx, peft_model, fmt, unsteered=False)
@@ -225,13 +223,39 @@ def _side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter, *, 
     caps = ctx.config.select_caps
     effects: dict[str, float] = {}
     if "kl" in caps:
-        prompts = [fmt.prompt(p) for p in ctx.neutral_prompts]
-        effects["kl"] = 0.0 if unsteered else max(kl_to_base(
-            model, ctx.tokenizer, prompts, prompts, ctx.references, batch_size=ctx.config.eval.batch_size), 0.0)
+        effects["kl"] = 0.0 if unsteered else max(_kl_to_unsteered(ctx, model, fmt), 0.0)
     if "delta_ce" in caps:
-        effects["ce"] = reply_cross_entropy(Scorable(model, fmt), ctx.tokenizer, ctx.general_texts,
-                                            batch_size=ctx.config.eval.batch_size)
+        effects["ce"] = study_cross_entropy(ctx, Scorable(model, fmt))
     return effects
+
+
+def _replayed_side_effects(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
+                           steering: Steering) -> dict[str, float] | None:
+    """`_side_effects` of `steering` added to the unsteered `model`, by replay from the study's kept records
+    without attaching anything; None where a capped effect cannot be replayed."""
+    scorable = Scorable(model, fmt)
+    effects: dict[str, float] = {}
+    if "kl" in ctx.config.select_caps:
+        kl = replayed_kl(ctx, scorable, steering)
+        if kl is None:
+            return None
+        effects["kl"] = max(kl, 0.0)
+    if "delta_ce" in ctx.config.select_caps:
+        ce = replayed_cross_entropy(ctx, scorable, steering)
+        if ce is None:
+            return None
+        effects["ce"] = ce
+    return effects
+
+
+def _kl_to_unsteered(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter) -> float:
+    """KL(unsteered || steered) under `fmt`'s prompts: by replay against the study's base reference where `model` is
+    the base weights plus one vector under the base prompts (`replayed_kl`), else the adapter-disabled model's."""
+    replayed = replayed_kl(ctx, Scorable(model, fmt))
+    if replayed is not None:
+        return replayed
+    prompts = [fmt.prompt(p) for p in ctx.neutral_prompts]
+    return kl_to_base(model, ctx.tokenizer, prompts, prompts, ctx.references, batch_size=ctx.config.eval.batch_size)
 
 
 def _candidate(ctx: StudyContext, layer: int, multiplier: float, result: PreferenceResult, effects: dict[str, float],
@@ -253,11 +277,13 @@ def _measured(ctx: StudyContext, candidate: Candidate, effects: dict[str, float]
 
 def _replayed(ctx: StudyContext, model: nn.Module, fmt: PromptFormatter,
               steerings: list[Steering]) -> list[PreferenceResult]:
-    """Every candidate's validation result from one recorded base pass per batch (same numbers as attaching each)."""
+    """Every candidate's validation result by replay from its block (same numbers as attaching each): from the
+    study's kept validation record where `model` computes as the base model under its prompts, else from one
+    base pass per batch recorded for this call."""
     pairs = Scorable(model, fmt).pairs(ctx.data.val)
-    rows = [encode(ctx.tokenizer, p.prompt, p.positive) for p in pairs]
-    rows += [encode(ctx.tokenizer, p.prompt, p.negative) for p in pairs]
-    logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
-                             pad=ctx.tokenizer.pad_token_id)
-    n = len(pairs)
-    return [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
+    rows = pair_rows(ctx.tokenizer, pairs)
+    logprobs = replayed_logprobs(ctx, model, "val", rows, steerings)
+    if logprobs is None:
+        logprobs = site_logprobs(model, rows, steerings, batch_size=ctx.config.eval.batch_size,
+                                 pad=ctx.tokenizer.pad_token_id)
+    return preference_results(pairs, logprobs)
