@@ -36,22 +36,33 @@ from .preference import (
     preference,
     steerability,
 )
-from .site_cache import Steering, shared_prompt_logprobs, site_logprobs, supports_site_cache
-from .side_effects import base_log_distributions, cross_entropy, kl_to_base, reference_continuations
+from ._forward import as_base, pad_id
+from .site_cache import (
+    DEFAULT_RECORD_CAP,
+    BaseRecord,
+    Steering,
+    record_base,
+    shared_prompt_logprobs,
+    site_logprobs,
+    supports_site_cache,
+)
+from .side_effects import base_log_distributions, batch_kl, cross_entropy, kl_to_base, reference_continuations
 from .stats import Interval, chance_band, distinguishable_from_zero, mean_ci95, paired_interval, t_critical
 
 __all__ = [
     "ABResult",
     "AnswerShift",
+    "BaseRecord",
     "ClassifierJudge",
     "CompetenceVerdict",
+    "DEFAULT_RECORD_CAP",
     "FittedJudge",
     "GenerationScores",
     "HeldOutAccuracy",
     "Interval",
     "Judge",
-    "JudgeError",
     "JudgedReply",
+    "JudgeError",
     "PreferenceResult",
     "SamplingSettings",
     "Steering",
@@ -60,7 +71,9 @@ __all__ = [
     "answer_letter",
     "answer_shift",
     "anti_steerable_fraction",
+    "as_base",
     "base_log_distributions",
+    "batch_kl",
     "chance_band",
     "competence_check",
     "competence_warning",
@@ -74,17 +87,19 @@ __all__ = [
     "judge_generations",
     "kl_to_base",
     "mean_ci95",
+    "pad_id",
     "paired_interval",
     "per_token_margins",
     "preference",
+    "record_base",
     "reference_continuations",
     "repetition_rate",
-    "sample_replies",
     "reply_loglik",
+    "sample_replies",
     "shared_prompt_logprobs",
     "site_logprobs",
     "steerability",
-    "supports_site_cache",
     "summarise_judged",
+    "supports_site_cache",
     "t_critical",
 ]

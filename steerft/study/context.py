@@ -36,9 +36,18 @@ from ..data import (
 )
 from ..batching import EncodedRow, encode
 from ..jobs import startup
-from ..metrics import PreferenceResult, Steering, base_log_distributions, preference
-from ..metrics._forward import as_base, pad_id
-from ..metrics.site_cache import DEFAULT_RECORD_CAP, BaseRecord, record_base, supports_site_cache
+from ..metrics import (
+    DEFAULT_RECORD_CAP,
+    BaseRecord,
+    PreferenceResult,
+    Steering,
+    as_base,
+    base_log_distributions,
+    pad_id,
+    preference,
+    record_base,
+    supports_site_cache,
+)
 from ..models import is_base_builtin, load_tokenizer
 from ..runconfig import ConfigError
 from ..tuner import SteerConfig, SteerLayer

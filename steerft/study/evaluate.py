@@ -24,6 +24,7 @@ from ..metrics import (
     PreferenceResult,
     Steering,
     ab_result,
+    batch_kl,
     answer_letter,
     competence_check,
     cross_entropy,
@@ -31,7 +32,6 @@ from ..metrics import (
     kl_to_base,
     preference,
 )
-from ..metrics.side_effects import batch_kl
 from .context import (
     GENERAL_TEXT_REQUEST,
     StudyContext,
