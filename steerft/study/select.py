@@ -47,9 +47,6 @@ from .context import StudyContext
 from .evaluate import reply_cross_entropy
 from .scorable import Scorable, steered
 
-SIDE_EFFECTS = ("kl", "delta_ce")
-"""What `select_caps` may cap."""
-
 
 @dataclass(frozen=True)
 class Candidate:
