@@ -190,6 +190,15 @@ def _run_python(script: str, *args: str) -> subprocess.CompletedProcess:
     (["train", "n=[1]"], 2),  # wrong type
     (["extract", "seed=-1"], 2),
     (["truth", "layers=[8,8]"], 2),
+    # names, checked against the torch-free lists (steerft.choices, steerft.study.method_specs)
+    (["study", "--config", "eval/studies/quick.yaml", "methods=[bogus]"], 2),
+    (["study", "--config", "eval/studies/quick.yaml", "methods=[pca]", "n=[1]"], 2),  # below the method's min_n
+    (["study", "--config", "eval/studies/quick.yaml", "positions=middle"], 2),
+    (["study", "--config", "eval/studies/quick.yaml", "caa_reduce=max"], 2),
+    (["study", "--config", "eval/studies/quick.yaml", "judge.kind=bogus"], 2),
+    (["study", "--config", "eval/studies/quick.yaml", "select_caps.bogus=1"], 2),  # not a side effect
+    (["extract", "estimators=[mean_diff,cca]"], 2),
+    (["truth", "estimators=[cca]"], 2),
 ])
 def test_cli_help_and_config_errors_import_no_torch(argv, code):
     """`steerft ... --help` and a bad config answer before torch, transformers, PEFT or TRL load."""
@@ -199,6 +208,21 @@ def test_cli_help_and_config_errors_import_no_torch(argv, code):
     assert outcome["code"] == code, outcome["stderr"]
     assert code == 0 or outcome["stderr"].count("\n") == 1  # one line naming the problem
     assert outcome["heavy"] == []
+
+
+def test_light_name_lists_match_the_registries_that_run():
+    """The CLI checks names against torch-free lists; the heavy registries are built from the same names."""
+    from steerft.choices import ESTIMATOR_NAMES, in_order
+    from steerft.extract import ESTIMATORS
+    from steerft.study.method_specs import METHOD_SPECS, MethodSpec
+    from steerft.study.methods import METHODS
+
+    assert tuple(ESTIMATORS) == ESTIMATOR_NAMES
+    assert list(METHODS) == list(METHOD_SPECS)
+    assert all(MethodSpec(**{k: getattr(METHODS[name], k) for k in ("name", "family", "shared", "min_n", "memo")})
+               == spec for name, spec in METHOD_SPECS.items())
+    with pytest.raises(RuntimeError, match=r"names without an entry \['b'\], entries without a name \['c'\]"):
+        in_order(("a", "b"), {"a": 1, "c": 3}, "registry")
 
 
 def test_import_steerft_is_light_and_its_names_load_on_use():

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, EncodedRow, batches, encode
+from ..choices import REDUCTIONS
 from ..tuner import block_indices, block_list, hidden_of, hidden_size
 
 Reduce = Literal["last", "mean"]
-REDUCTIONS = ("last", "mean")
 
 
 class _StopForward(Exception):

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..choices import ESTIMATOR_NAMES, in_order
+
 Tensor = torch.Tensor
 
 SIGN_RULE = (
@@ -326,12 +328,8 @@ def _fit_ccs(
         return weights.detach(), _ccs_losses(xp, xn, weights, biases, l2)
 
 
-ESTIMATORS: dict[str, Callable[..., Direction]] = {
-    "mean_diff": mean_diff,
-    "pca": pca,
-    "logistic": logistic,
-    "ccs": ccs,
-}
+ESTIMATORS: dict[str, Callable[..., Direction]] = in_order(
+    ESTIMATOR_NAMES, {"mean_diff": mean_diff, "pca": pca, "logistic": logistic, "ccs": ccs}, "estimators")
 
 
 def estimate(name: str, pos: Tensor, neg: Tensor, **kwargs: Any) -> Direction:

@@ -2,8 +2,8 @@
 
 `steerft JOB --help` lists these fields, and a config with a wrong key, type or value fails in
 one line before any heavy import; each job module (steerft.jobs.extract, train, truth) re-exports
-its config and runs it. Checks that need a library's registry (estimator names, TRL keys) import it
-last, after the plain-value checks.
+its config and runs it. Names (estimators, reductions) are checked against steerft.choices, which
+imports no torch; only TRL's trainer keys need TRL (steerft.jobs.train.check_config).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..adapter import AdapterSpec
+from ..choices import ESTIMATOR_NAMES, REDUCTIONS
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, non_negative
 from .startup import check_output_dir
@@ -59,12 +60,10 @@ def check_extract(config: ExtractConfig) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1 (or null for the default).")
     check_output_dir(config.output_dir)
-    from ..extract import ESTIMATORS, REDUCTIONS  # the registries import torch: checked last
-
-    unknown = [name for name in config.estimators if name not in ESTIMATORS]
+    unknown = [name for name in config.estimators if name not in ESTIMATOR_NAMES]
     if unknown or not config.estimators:
         what = f"unknown estimator {unknown[0]!r}" if unknown else "no estimator"
-        raise ConfigError(f"estimators={config.estimators}: {what}; allowed values: {', '.join(ESTIMATORS)}.")
+        raise ConfigError(f"estimators={config.estimators}: {what}; allowed values: {', '.join(ESTIMATOR_NAMES)}.")
     if config.reduce not in REDUCTIONS:
         raise ConfigError(f"reduce={config.reduce!r}; allowed values: {', '.join(REDUCTIONS)}.")
     needs = max(MIN_PAIRS.get(name, 1) for name in config.estimators)
@@ -155,8 +154,6 @@ def check_truth(config: TruthConfig) -> None:
     if min(config.n) < MIN_N:
         raise ConfigError(f"n={config.n}: a truth study needs n >= {MIN_N} statements per fit.")
     non_negative(config, "seeds", "split_seed")
-    from ..extract import ESTIMATORS  # the registry imports torch: checked last
-
-    unknown = [name for name in config.estimators if name not in ESTIMATORS]
+    unknown = [name for name in config.estimators if name not in ESTIMATOR_NAMES]
     if unknown or not config.estimators:
-        raise ConfigError(f"estimators={config.estimators}: name at least one of {', '.join(ESTIMATORS)}.")
+        raise ConfigError(f"estimators={config.estimators}: name at least one of {', '.join(ESTIMATOR_NAMES)}.")

@@ -2,8 +2,8 @@
 
 Everything is checked when the config is built, before a model or dataset is loaded, so a typo
 in a method name or an empty grid fails in a second instead of an hour into a run. This module
-imports no torch: plain values are checked first, then the names that need a registry (methods,
-positions, side effects, TRL's trainer keys), whose modules are imported there.
+imports no torch: names (methods, positions, side effects) are checked against the torch-free
+lists of steerft.choices and steerft.study.method_specs; only TRL's trainer keys need TRL, last.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 
 from ..adapter import KINDS as ADAPTER_KINDS
 from ..adapter import AdapterSpec, default_learning_rate
+from ..choices import POSITIONS, REDUCTIONS
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict
+from .method_specs import METHOD_SPECS
 
 SELECT_BY = ("mean_margin", "accuracy")
 
@@ -33,6 +35,7 @@ JUDGE_KINDS = ("fitted", "classifier", "none")
 DEFAULT_LEARNING_RATE_GRIDS: dict[str, list[float]] = {"steer": [0.03, 0.1], "lora": [1e-3, 5e-3],
                                                        "full": [1e-5, 5e-5]}
 
+SIDE_EFFECTS = ("kl", "delta_ce")  # what `select_caps` may cap (steerft.study.select applies the caps)
 DEFAULT_SELECT_CAPS = {"kl": 1.0, "delta_ce": 0.5}  # nats: KL per token on neutral prompts, general-text CE
 
 
@@ -205,29 +208,30 @@ def check(config: StudyConfig) -> None:
     _positive(config, ("max_demonstrations", "threads", "workers", "max_prompt_tokens", "max_completion_tokens"))
     _positive(config.eval, tuple(f.name for f in dataclasses.fields(EvalSettings)), "eval.")
     _check_names(config)
+    _check_honesty_keys(config)
+    _check_trainer_keys(config)
 
 
 def _check_names(config: StudyConfig) -> None:
-    """The checks against registries, whose modules import torch, PEFT or TRL: after the plain ones."""
-    from ..extract import REDUCTIONS
-    from ..training import METHODS as TRAINING_METHODS
-    from ..training import check_trainer
-    from ..tuner import POSITIONS
-    from .methods import METHODS
-
-    unknown = [m for m in config.methods if m not in METHODS]
+    unknown = [m for m in config.methods if m not in METHOD_SPECS]
     if unknown:
-        raise ConfigError(f"methods: unknown method {unknown[0]!r}; allowed values: {', '.join(METHODS)}.")
+        raise ConfigError(f"methods: unknown method {unknown[0]!r}; allowed values: {', '.join(METHOD_SPECS)}.")
     for name in config.methods:
-        if min(config.n) < METHODS[name].min_n:
-            raise ConfigError(f"n={config.n}: method {name!r} needs n >= {METHODS[name].min_n}; "
+        if min(config.n) < METHOD_SPECS[name].min_n:
+            raise ConfigError(f"n={config.n}: method {name!r} needs n >= {METHOD_SPECS[name].min_n}; "
                               f"drop the smaller n or the method.")
     if config.positions not in POSITIONS:
         raise ConfigError(f"positions={config.positions!r}; allowed values: {', '.join(POSITIONS)}.")
     if config.caa_reduce not in REDUCTIONS:
         raise ConfigError(f"caa_reduce={config.caa_reduce!r}; allowed values: {', '.join(REDUCTIONS)}.")
+
+
+def _check_trainer_keys(config: StudyConfig) -> None:
+    """TRL's SFTConfig / DPOConfig keys: the one check that needs TRL (and so torch), hence the last."""
+    from ..training import METHODS as TRAINING_METHODS
+    from ..training import check_trainer
+
     config.train.trainer = check_trainer(config.train.trainer, TRAINING_METHODS, where="train.trainer")
-    _check_honesty_keys(config)
 
 
 def _check_train_values(train: TrainSettings) -> None:
@@ -260,8 +264,6 @@ def _check_judge(judge: JudgeSettings) -> None:
 
 
 def _check_honesty_keys(config: StudyConfig) -> None:
-    from .select import SIDE_EFFECTS
-
     if not isinstance(config.select_caps, dict):
         raise ConfigError(f"select_caps={config.select_caps!r} must be a mapping, e.g. {DEFAULT_SELECT_CAPS}.")
     for key, cap in config.select_caps.items():

@@ -1,5 +1,8 @@
 """Every method a study compares, in one registry: name -> how to build its scorable from n items.
 
+Each method's spec (family, min_n, ...) lives in the torch-free steerft.study.method_specs, which
+the config checks read; here each spec gets its builder, and a spec without one fails at import.
+
 A builder gets the study context, n and the seed (both None for methods that use no training
 items) and returns a `Scorable`. All training data come from the same seeded, nested subset of
 the training split (`training_subset`), so at one (n, seed) every method sees the same items.
@@ -11,37 +14,33 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from ..choices import in_order
 from ..data import BehaviourItem, contrast_pairs, training_subset
 from ..extract import PairActivations, estimate, pair_activations
 from ..training import counting_tokens
 from .context import StudyContext
+from .method_specs import FAMILIES, METHOD_SPECS, MethodSpec
 from .scorable import Scorable, attach, trainable_params
 from .select import Candidate, Choice, choose_steering, multipliers_on
 from .tuning import Tuned, tune, validate_as_is
 
-FAMILIES = ("baseline", "steering", "finetuning", "prompting", "stacked")
+__all__ = ["FAMILIES", "METHODS", "Builder", "Method"]
 
 Builder = Callable[[StudyContext, "int | None", "int | None"], Scorable]
 
 
 @dataclass(frozen=True)
-class Method:
-    """A registry entry. `shared`: the result depends on neither n nor seed, so it is measured once.
-    `memo`: the memoised work it reads at its (n, seed); methods naming the same work run on one rank."""
+class Method(MethodSpec):
+    """A registry entry: the method's spec (steerft.study.method_specs) and how to build it."""
 
-    name: str
-    family: str
-    build: Builder
-    shared: bool = False
-    min_n: int = 1
-    memo: tuple[str, ...] = ()
+    build: Builder = field(kw_only=True)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -192,18 +191,21 @@ def _plus(training: dict, extraction: dict) -> dict:
     return {**training, **{key: training[key] + extraction[key] for key in ("tokens_forward", "tokens_backward")}}
 
 
-METHODS: dict[str, Method] = {method.name: method for method in (
-    Method("none", "baseline", _none, shared=True),
-    Method("random", "baseline", _random, memo=("activations", "caa choice")),
-    Method("caa", "steering", partial(_extracted, estimator="mean_diff"), memo=("activations", "caa choice")),
-    Method("pca", "steering", partial(_extracted, estimator="pca"), min_n=2, memo=("activations",)),
-    Method("steer-sft", "steering", partial(_trained_vector, method="sft")),
-    Method("steer-dpo", "steering", partial(_trained_vector, method="dpo")),
-    Method("lora-sft", "finetuning", partial(_fine_tuned, method="sft", adapter="lora"), memo=("lora-sft",)),
-    Method("lora-dpo", "finetuning", partial(_fine_tuned, method="dpo", adapter="lora")),
-    Method("full-sft", "finetuning", partial(_fine_tuned, method="sft", adapter="full")),
-    Method("few-shot", "prompting", _few_shot),
-    Method("system-prompt", "prompting", _system_prompt, shared=True),
-    Method("caa+system-prompt", "stacked", _caa_on_system_prompt, memo=("activations",)),
-    Method("caa+lora-sft", "stacked", _caa_on_lora, memo=("activations", "lora-sft")),
-)}
+_BUILDERS: dict[str, Builder] = {
+    "none": _none,
+    "random": _random,
+    "caa": partial(_extracted, estimator="mean_diff"),
+    "pca": partial(_extracted, estimator="pca"),
+    "steer-sft": partial(_trained_vector, method="sft"),
+    "steer-dpo": partial(_trained_vector, method="dpo"),
+    "lora-sft": partial(_fine_tuned, method="sft", adapter="lora"),
+    "lora-dpo": partial(_fine_tuned, method="dpo", adapter="lora"),
+    "full-sft": partial(_fine_tuned, method="sft", adapter="full"),
+    "few-shot": _few_shot,
+    "system-prompt": _system_prompt,
+    "caa+system-prompt": _caa_on_system_prompt,
+    "caa+lora-sft": _caa_on_lora,
+}
+
+METHODS: dict[str, Method] = {name: Method(**asdict(METHOD_SPECS[name]), build=build)
+                              for name, build in in_order(tuple(METHOD_SPECS), _BUILDERS, "study methods").items()}

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..runconfig import ConfigError
 from .config import StudyConfig, effective_methods
-from .methods import METHODS
+from .method_specs import METHOD_SPECS
 
 POINTS_FILE = "points.jsonl"
 
@@ -46,9 +46,9 @@ class Point:
 def grid(config: StudyConfig) -> list[Point]:
     """Shared points first (the `none` baseline leads), then every (n, seed) group's methods."""
     methods = effective_methods(config)
-    shared = [Point(m) for m in methods if METHODS[m].shared]
+    shared = [Point(m) for m in methods if METHOD_SPECS[m].shared]
     return shared + [Point(m, n, seed) for n in config.n for seed in config.seeds
-                     for m in methods if not METHODS[m].shared]
+                     for m in methods if not METHOD_SPECS[m].shared]
 
 
 def shard(points: list[Point], rank: int, world: int) -> list[Point]:
@@ -65,7 +65,7 @@ def work_units(points: list[Point]) -> list[list[Point]]:
     (`Method.memo`, transitively); every other point is a unit of its own. In grid order."""
     units: list[tuple[set[str], list[Point]]] = []
     for point in points:
-        work = {point.method, *METHODS[point.method].memo}
+        work = {point.method, *METHOD_SPECS[point.method].memo}
         linked = [u for u in units if point.group is not None and u[1][0].group == point.group and u[0] & work]
         merged = (work.union(*(u[0] for u in linked)), [p for u in linked for p in u[1]] + [point])
         units = [u for u in units if not any(u is v for v in linked)] + [merged]

@@ -54,9 +54,6 @@ from .context import (
 from .evaluate import replayed_cross_entropy, replayed_kl, study_cross_entropy
 from .scorable import Scorable, steered
 
-SIDE_EFFECTS = ("kl", "delta_ce")
-"""What `select_caps` may cap."""
-
 
 @dataclass(frozen=True)
 class Candidate:

@@ -13,10 +13,9 @@ from peft.config import PeftConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 
+from ..choices import OPERATORS, POSITIONS
 from .peft_type import STEER_PEFT_TYPE
 
-POSITIONS = ("all", "prompt", "completion")
-OPERATORS = ("add", "ablate", "ablate_add")
 INITS = ("zeros", "random", "given")
 
 VectorLike = Union[torch.Tensor, Sequence[float]]
