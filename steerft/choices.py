@@ -15,6 +15,7 @@ POSITIONS = ("all", "prompt", "completion")  # the tokens a steering vector acts
 OPERATORS = ("add", "ablate", "ablate_add")  # how it acts on them (SteerConfig.operator)
 REDUCTIONS = ("last", "mean")  # how a completion's activations become one vector (steerft.extract)
 ESTIMATOR_NAMES = ("mean_diff", "pca", "logistic", "ccs")  # the direction estimators (steerft.extract.ESTIMATORS)
+TRAINING_METHODS = ("sft", "dpo")  # the TRL trainers steerft.training builds
 
 
 def in_order(names: tuple[str, ...], entries: Mapping[str, T], what: str) -> dict[str, T]:

@@ -28,11 +28,11 @@ from peft import PeftConfig, PeftModel
 
 from . import tracking
 from .adapter import adapter_kind, default_learning_rate
+from .choices import TRAINING_METHODS
 from .data import BehaviourItem, PromptFormatter, preference_rows, sft_rows
 from .runconfig import ConfigError, checked_value
 from .tuner import BelowSiteCache, ReplayCounts, SteerConfig, steer_site
 
-METHODS = ("sft", "dpo")
 
 # What steerft changes in TRL's defaults, which suit large GPU runs: gradient checkpointing off (it
 # makes backward run through every block, where a steering vector at block L needs it only above L),
@@ -61,8 +61,8 @@ def trainer_config_class(method: str) -> type:
     """TRL's config class of `method` (SFTConfig or DPOConfig)."""
     from trl import DPOConfig, SFTConfig
 
-    if method not in METHODS:
-        raise ConfigError(f"method={method!r} is not supported; allowed values: {', '.join(METHODS)}.")
+    if method not in TRAINING_METHODS:
+        raise ConfigError(f"method={method!r} is not supported; allowed values: {', '.join(TRAINING_METHODS)}.")
     return SFTConfig if method == "sft" else DPOConfig
 
 

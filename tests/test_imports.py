@@ -199,6 +199,7 @@ def _run_python(script: str, *args: str) -> subprocess.CompletedProcess:
     (["study", "--config", "eval/studies/quick.yaml", "select_caps.bogus=1"], 2),  # not a side effect
     (["extract", "estimators=[mean_diff,cca]"], 2),
     (["truth", "estimators=[cca]"], 2),
+    (["train", "method=bogus"], 2),
 ])
 def test_cli_help_and_config_errors_import_no_torch(argv, code):
     """`steerft ... --help` and a bad config answer before torch, transformers, PEFT or TRL load."""

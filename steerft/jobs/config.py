@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..adapter import AdapterSpec
-from ..choices import ESTIMATOR_NAMES, REDUCTIONS
+from ..choices import ESTIMATOR_NAMES, REDUCTIONS, TRAINING_METHODS
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, non_negative
 from .startup import check_output_dir
@@ -107,8 +107,10 @@ class TrainConfig:
 
 
 def check_train(config: TrainConfig) -> None:
-    """Refuse bad values before anything is loaded; the method and TRL keys are checked by
+    """Refuse bad values before anything is loaded; TRL's keys are checked by
     steerft.jobs.train.check_config, which needs TRL."""
+    if config.method not in TRAINING_METHODS:
+        raise ConfigError(f"method={config.method!r} is not supported; allowed values: {', '.join(TRAINING_METHODS)}.")
     for key in ("n", "threads"):
         value = getattr(config, key)
         if value is not None and not value > 0:

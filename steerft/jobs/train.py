@@ -24,7 +24,7 @@ from ..data import BehaviourItem, PromptFormatter, contrast_pairs, training_subs
 from ..io import atomic_dir, write_json, write_text
 from ..metrics import preference
 from ..runconfig import ConfigError, as_dict, build
-from ..training import METHODS, below_site_cache, build_trainer, check_trainer, row_counts, training_rows
+from ..training import below_site_cache, build_trainer, check_trainer, row_counts, training_rows
 from ..tuner import SteerConfig, hidden_size
 from .config import TrainConfig
 from .startup import layers_of, load_job_model, load_splits, set_threads
@@ -36,10 +36,8 @@ CHECKPOINTS = {"save_strategy": "steps", "save_steps": 50, "save_total_limit": 1
 
 def check_config(config: TrainConfig) -> TrainConfig:
     """Refuse a bad config before the model loads, naming the key and the fix: its values (checked
-    when it is built), its method, and its `trainer` keys against TRL's config."""
+    when it is built, method included) and its `trainer` keys against TRL's config."""
     config = build(TrainConfig, as_dict(config), where="train config")  # types, also for configs built in code
-    if config.method not in METHODS:
-        raise ConfigError(f"method={config.method!r} is not supported; allowed values: {', '.join(METHODS)}.")
     config.trainer = check_trainer(config.trainer, [config.method])
     return config
 

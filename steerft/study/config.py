@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..adapter import KINDS as ADAPTER_KINDS
 from ..adapter import AdapterSpec, default_learning_rate
-from ..choices import POSITIONS, REDUCTIONS
+from ..choices import POSITIONS, REDUCTIONS, TRAINING_METHODS
 from ..models import DEFAULT_MODEL
 from ..runconfig import ConfigError, as_dict
 from .method_specs import METHOD_SPECS
@@ -228,7 +228,6 @@ def _check_names(config: StudyConfig) -> None:
 
 def _check_trainer_keys(config: StudyConfig) -> None:
     """TRL's SFTConfig / DPOConfig keys: the one check that needs TRL (and so torch), hence the last."""
-    from ..training import METHODS as TRAINING_METHODS
     from ..training import check_trainer
 
     config.train.trainer = check_trainer(config.train.trainer, TRAINING_METHODS, where="train.trainer")
