@@ -50,11 +50,25 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def reference_defaults(method: str, peft_config: PeftConfig | None) -> dict[str, Any]:
+def reference_defaults(method: str, peft_config: PeftConfig | None, settings: Mapping[str, Any],
+                       n_rows: int) -> dict[str, Any]:
     """DPO with an adapter: the reference (the adapter-disabled model) is fixed for the run, so TRL
     computes its log-probs once over the training rows (`precompute_ref_log_probs`) instead of in
-    every step of every epoch. Full fine-tuning keeps TRL's default (its reference is a frozen copy)."""
-    return {"precompute_ref_log_probs": True} if method == "dpo" and peft_config is not None else {}
+    every step, when the run sees more examples than there are rows. A shorter run (a fixed
+    `max_steps` over many rows) keeps TRL's per-step references, which cover only the rows it trains
+    on. Full fine-tuning keeps TRL's default (its reference is a frozen copy)."""
+    if method != "dpo" or peft_config is None:
+        return {}
+    return {"precompute_ref_log_probs": _examples_seen(method, settings, n_rows) > n_rows}
+
+
+def _examples_seen(method: str, settings: Mapping[str, Any], n_rows: int) -> float:
+    """Training examples a run with these settings draws (one process): max_steps, or the epochs."""
+    per_step = settings["per_device_train_batch_size"] * settings.get("gradient_accumulation_steps", 1)
+    if settings.get("max_steps", -1) > 0:
+        return settings["max_steps"] * per_step
+    epochs = {f.name: f.default for f in dataclasses.fields(trainer_config_class(method))}["num_train_epochs"]
+    return settings.get("num_train_epochs", epochs) * n_rows
 
 
 def trainer_config_class(method: str) -> type:
@@ -109,16 +123,17 @@ def _checkpointing_key() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def trainer_settings(method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
+def trainer_settings(method: str, peft_config: PeftConfig | None, args: Mapping[str, Any], n_rows: int,
                      report_to: Sequence[str] = ()) -> dict[str, Any]:
-    """The SFTConfig/DPOConfig keyword arguments: steerft's defaults, then `args` as given.
+    """The SFTConfig/DPOConfig keyword arguments for `n_rows` training rows: steerft's defaults, then
+    `args` as given.
 
     The learning rate defaults to `default_learning_rate` of the adapter kind.
     """
     trainer_config_class(method)
-    settings = {**TRAINER_DEFAULTS, **reference_defaults(method, peft_config),
-                "learning_rate": default_learning_rate(adapter_kind(peft_config)),
+    settings = {**TRAINER_DEFAULTS, "learning_rate": default_learning_rate(adapter_kind(peft_config)),
                 **_device_defaults(), **args, "report_to": list(report_to)}
+    settings = {**reference_defaults(method, peft_config, settings, n_rows), **settings}
     checkpointing = any([settings.pop("gradient_checkpointing", False), settings.pop("activation_checkpointing", False)])
     settings[_checkpointing_key()] = checkpointing
     return settings
@@ -132,7 +147,7 @@ def build_trainer(model, tokenizer, rows, *, method: str, peft_config: PeftConfi
     config_class = trainer_config_class(method)
     if "wandb" in report_to:
         tracking.configure(True)  # before TRL's WandbCallback can start a run that waits for a network
-    settings = trainer_settings(method, peft_config, args, report_to)
+    settings = trainer_settings(method, peft_config, args, len(rows), report_to)
     if isinstance(peft_config, SteerConfig) and settings[_checkpointing_key()]:
         warnings.warn("gradient_checkpointing=True with a steer adapter makes backward run through every block; "
                       "a vector at block L needs it only above L. Set gradient_checkpointing=False unless memory "

@@ -301,6 +301,26 @@ def _dpo_trainer(arch, peft_config, tmp_path, **args):
     return build_trainer(model, tokenizer, rows, method="dpo", peft_config=peft_config, args=settings), tokenizer
 
 
+def test_dpo_references_are_precomputed_only_for_runs_longer_than_one_pass_over_the_rows():
+    """A fixed max_steps over many rows would precompute references for rows it never trains on."""
+    from steerft.training import trainer_settings
+    from steerft.tuner import SteerConfig
+
+    def precompute(n_rows, method="dpo", config=SteerConfig(layers=[2]), **args):
+        return trainer_settings(method, config, {"output_dir": "unused", **args}, n_rows).get("precompute_ref_log_probs")
+
+    assert precompute(128, max_steps=16) is False  # 64 examples of 128 rows
+    assert precompute(32, max_steps=16) is True  # 64 examples over 32 rows: each reference used twice
+    assert precompute(32, max_steps=16, per_device_train_batch_size=1) is False
+    assert precompute(64, max_steps=4, gradient_accumulation_steps=4) is False  # 64 examples, 64 rows
+    assert precompute(8, num_train_epochs=2) is True and precompute(8, num_train_epochs=1) is False
+    assert precompute(8) is True  # TRL's default of 3 epochs
+    assert precompute(128, max_steps=16, precompute_ref_log_probs=True) is True  # the user's setting wins
+    assert precompute(8, config=LoraConfig(r=2, task_type="CAUSAL_LM"), num_train_epochs=2) is True
+    assert precompute(8, method="sft", num_train_epochs=2) is None
+    assert precompute(8, config=None, num_train_epochs=2) is None  # full fine-tuning: a frozen copy, TRL's way
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("adapter", ["steer", "lora"])
 def test_dpo_reference_logprobs_are_precomputed_once_from_the_adapter_disabled_model(arch, adapter, tmp_path):
@@ -309,7 +329,7 @@ def test_dpo_reference_logprobs_are_precomputed_once_from_the_adapter_disabled_m
 
     config = (SteerConfig(layers=[2], init={2: 3 * torch.ones(64)}) if adapter == "steer" else
               LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
-    trainer, tokenizer = _dpo_trainer(arch, config, tmp_path, max_steps=1)
+    trainer, tokenizer = _dpo_trainer(arch, config, tmp_path, max_steps=4)  # 8 examples over 6 rows
     assert trainer.args.precompute_ref_log_probs
     rows = trainer.train_dataset
     bare, _ = tiny_model(arch, seed=0)

@@ -290,3 +290,15 @@ def test_truth_study_refuses_n_below_two_and_unknown_estimators():
         TruthConfig(n=[1, 4])
     with pytest.raises(ConfigError, match="estimators"):
         TruthConfig(estimators=["svm"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "eval" / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_config_passes_the_checks(path):
+    """A shipped config that fails its own checks would greet a user with an error."""
+    from steerft.runconfig import load_config
+    from steerft.study.config import check
+
+    if path.name == "truth.yaml":  # `steerft truth`'s config, checked when built
+        build(TruthConfig, load_config(path))
+    else:
+        check(build(StudyConfig, load_config(path)))
