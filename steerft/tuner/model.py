@@ -332,8 +332,11 @@ def _blocks_with_vectors(state_dict: dict[str, torch.Tensor], adapter_name: Opti
 
 
 def _checkpointing_on(model: nn.Module) -> bool:
-    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
-    return bool(getattr(model, flag, False))
+    """Whether activation checkpointing is on, asked of the transformers model under any PEFT wrapper
+    under its current name (transformers 5 warns on the old one, which a wrapper would forward)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    flag = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(base, flag, False))
 
 
 def _detach_layer(model: nn.Module, layer: SteerLayer) -> None:
