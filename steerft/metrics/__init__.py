@@ -33,7 +33,9 @@ from .preference import (
     ab_result,
     answer_letter,
     anti_steerable_fraction,
+    pair_rows,
     preference,
+    preference_results,
     steerability,
 )
 from ._forward import as_base, pad_id
@@ -88,9 +90,11 @@ __all__ = [
     "kl_to_base",
     "mean_ci95",
     "pad_id",
+    "pair_rows",
     "paired_interval",
     "per_token_margins",
     "preference",
+    "preference_results",
     "record_base",
     "reference_continuations",
     "repetition_rate",

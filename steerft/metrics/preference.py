@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..batching import encode
+from ..batching import EncodedRow, encode
 from ..data import ContrastPair
 from ._forward import pad_id
 from .site_cache import shared_prompt_logprobs
@@ -58,11 +58,21 @@ def preference(
     """Score both completions of every held-out pair, each prompt run once for both (`shared_prompt_logprobs`)."""
     if not pairs:
         raise ValueError("preference needs at least one contrast pair.")
-    rows = [encode(tokenizer, pair.prompt, pair.positive) for pair in pairs]
-    rows += [encode(tokenizer, pair.prompt, pair.negative) for pair in pairs]
-    logprobs = shared_prompt_logprobs(model, rows, batch_size=batch_size, pad=pad_id(tokenizer))
+    logprobs = shared_prompt_logprobs(model, pair_rows(tokenizer, pairs), batch_size=batch_size, pad=pad_id(tokenizer))
+    return preference_results(pairs, logprobs[None])[0]
+
+
+def pair_rows(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]) -> list[EncodedRow]:
+    """Every pair's positive completion row, then every negative one (the order `preference_results` reads)."""
+    return ([encode(tokenizer, pair.prompt, pair.positive) for pair in pairs]
+            + [encode(tokenizer, pair.prompt, pair.negative) for pair in pairs])
+
+
+def preference_results(pairs: Sequence[ContrastPair], logprobs: torch.Tensor) -> list[PreferenceResult]:
+    """One result per candidate from (candidates, rows) log-probability sums over `pair_rows(pairs)`."""
     n = len(pairs)
-    return PreferenceResult(ids=[pair.id for pair in pairs], logp_positive=logprobs[:n], logp_negative=logprobs[n:])
+    return [PreferenceResult(ids=[pair.id for pair in pairs], logp_positive=row[:n], logp_negative=row[n:])
+            for row in logprobs]
 
 
 _LETTER = re.compile(r"\s*\(?([A-Z])\)?\s*")

@@ -44,7 +44,9 @@ from ..metrics import (
     as_base,
     base_log_distributions,
     pad_id,
+    pair_rows,
     preference,
+    preference_results,
     record_base,
     supports_site_cache,
 )
@@ -200,18 +202,6 @@ def remember_base(ctx: StudyContext, key: Hashable, compute: Callable[[], T]) ->
 def base_pairs(ctx: StudyContext, split: str) -> list[ContrastPair]:
     """The contrast pairs of split `split` ("val" or "test") under the base model's own prompts."""
     return Scorable(ctx.model, ctx.fmt).pairs(getattr(ctx.data, split))
-
-
-def pair_rows(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ContrastPair]) -> list[EncodedRow]:
-    """Every pair's positive completion row, then every negative one (the order `preference_results` reads)."""
-    return [encode(tokenizer, p.prompt, p.positive) for p in pairs] + [encode(tokenizer, p.prompt, p.negative)
-                                                                      for p in pairs]
-
-
-def preference_results(pairs: Sequence[ContrastPair], logprobs: torch.Tensor) -> list[PreferenceResult]:
-    """One result per candidate from (candidates, rows) log-probability sums over `pair_rows(pairs)`."""
-    n = len(pairs)
-    return [PreferenceResult([p.id for p in pairs], row[:n], row[n:]) for row in logprobs]
 
 
 def general_rows(ctx: StudyContext, scorable: Scorable) -> list[EncodedRow]:

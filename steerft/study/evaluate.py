@@ -30,7 +30,9 @@ from ..metrics import (
     cross_entropy,
     generate_samples,
     kl_to_base,
+    pair_rows,
     preference,
+    preference_results,
 )
 from .context import (
     GENERAL_TEXT_REQUEST,
@@ -40,8 +42,6 @@ from .context import (
     base_preference,
     general_rows,
     neutral_rows,
-    pair_rows,
-    preference_results,
     prompt_format,
     replayed_logprobs,
     replaying,

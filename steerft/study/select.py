@@ -39,15 +39,15 @@ from ..metrics import (
     Steering,
     distinguishable_from_zero,
     kl_to_base,
+    pair_rows,
     paired_interval,
     preference,
+    preference_results,
     site_logprobs,
     supports_site_cache,
 )
 from .context import (
     StudyContext,
-    pair_rows,
-    preference_results,
     replayed_logprobs,
     single_vector,
 )
