@@ -29,11 +29,14 @@ largest difference in log-probs.
 `--trained` times a trained-vector point instead (steer-dpo): a vector trained with DPO at block 14
 on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
 default [1, 2] on 16 validation items, the chosen one scored on `--test-items` test items. Plain =
+the path before: every block run in every training pass, TRL's LM head scoring every position,
 reference log-probs recomputed every step and each multiplier scored attached; fast = the study's
-path now: references precomputed once (`steerft.training.reference_defaults`), the multipliers
-replayed from block 14 (`select.multipliers_on`) and the chosen one on test
-(`evaluate.replayed_preference`), both from base records kept in a study context built inside the
-timed run (a study of this one point pays for them). Its last line reads `trained_point_speedup=Z`.
+path now: the blocks below block 14 run once per row (`BelowSiteCache`), the LM head on labelled
+positions only (`fused_head_on_labels_only`), references precomputed once
+(`steerft.training.reference_defaults`), the multipliers replayed from block 14
+(`select.multipliers_on`) and the chosen one on test (`evaluate.replayed_preference`), both from
+base records kept in a study context built inside the timed run (a study of this one point pays
+for them). Its last line reads `trained_point_speedup=Z`.
 
 `--profile-point` runs the `none` and a `caa` point of a real study (`dialogues`, n = 8, layers
 {6, 12, 18} x multipliers {1, 2}, 16 validation and 100 test items, judge off) and prints, per
@@ -50,11 +53,13 @@ Its last line reads `kl_speedup=W`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import tempfile
 import time
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
@@ -125,9 +130,11 @@ def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast:
     context (built here, inside the timed run: a study of this one point)."""
     fmt = PromptFormatter(tokenizer)
     test_pairs = Scorable(model, fmt).pairs(test_items)
-    with tempfile.TemporaryDirectory() as scratch:
+    every_position = contextlib.nullcontext() if fast else mock.patch(
+        "steerft.training.fused_head_on_labels_only", contextlib.nullcontext)  # TRL's own CPU head
+    with tempfile.TemporaryDirectory() as scratch, every_position:
         trained = fit(copy.deepcopy(model), tokenizer, training_rows("dpo", train_items, fmt), method="dpo",
-                      peft_config=SteerConfig(layers=[TRAINED_LAYER]),
+                      peft_config=SteerConfig(layers=[TRAINED_LAYER]), cache_below_site=fast,
                       args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=4, seed=0,
                                 disable_tqdm=True, logging_steps=1000, precompute_ref_log_probs=fast)).eval()
     config = SimpleNamespace(positions="all", select_caps={}, eval=SimpleNamespace(batch_size=batch_size))

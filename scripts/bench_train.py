@@ -21,17 +21,23 @@ building the trainer (where TRL precomputes DPO reference log-probs, steerft's d
 to the end of `train()`, for SFT and DPO, with steer trained with the cache of the states entering
 its block (steerft's default) and without it (`cache_below_site=False`), and LoRA; medians of
 `--rounds` rounds that run every configuration in turn.
+
+`--whole-runs --head` times whole DPO runs of steer (cached) and LoRA with TRL's fused LM head
+scoring only the labelled positions (`steerft.training.fused_head_on_labels_only`, steerft's
+default) and scoring every position (TRL's own choice on CPU), in the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from peft import LoraConfig
@@ -101,19 +107,25 @@ def measure(method: str, adapter: str, rows, *, batch_size: int, warmup: int, st
 
 
 STEER, LORA = ADAPTERS
-# (method, adapter, cache the states entering the steered block)
-RUNS = [(method, adapter, cache) for method in ("sft", "dpo")
+# (method, adapter, cache the states entering the steered block, LM head on labelled positions only)
+RUNS = [(method, adapter, cache, True) for method in ("sft", "dpo")
         for adapter, cache in ((STEER, True), (STEER, False), (LORA, None))]
+HEAD_RUNS = [("dpo", adapter, cache, labels_only) for adapter, cache in ((STEER, True), (LORA, None))
+             for labels_only in (True, False)]
 
 
-def whole_run(method: str, adapter: str, rows, cache: bool | None, *, batch_size: int, epochs: int) -> dict:
+def whole_run(method: str, adapter: str, rows, cache: bool | None, labels_only: bool, *, batch_size: int,
+              epochs: int) -> dict:
     """Seconds from building the trainer to the end of training, seconds inside the optimizer steps
     (the trainer's step callbacks), the steps taken, and the token positions whose blocks below the
-    steered one were replayed from the cache."""
+    steered one were replayed from the cache. `labels_only=False` leaves TRL's LM head scoring every
+    position on CPU (steerft's labelled-only switch replaced by a no-op for this run)."""
     model, tokenizer = load_model()
     make_config, learning_rate = ADAPTERS[adapter]
     timer = StepTimer()
-    with tempfile.TemporaryDirectory() as scratch:
+    head = (contextlib.nullcontext() if labels_only
+            else mock.patch("steerft.training.fused_head_on_labels_only", contextlib.nullcontext))
+    with tempfile.TemporaryDirectory() as scratch, head:
         _, budget = fit_measured(
             model, tokenizer, rows, method=method, peft_config=make_config(), cache_below_site=bool(cache),
             callbacks=[timer],
@@ -123,27 +135,28 @@ def whole_run(method: str, adapter: str, rows, cache: bool | None, *, batch_size
             "replayed": budget.tokens_replayed, "forward": budget.tokens_forward}
 
 
-def whole_runs(items, fmt, *, batch_size: int, epochs: int, rounds: int) -> str:
+def whole_runs(items, fmt, configurations: list[tuple], *, batch_size: int, epochs: int, rounds: int) -> str:
     runs: dict[tuple, list[dict]] = {}
     for _ in range(rounds):
-        for method, adapter, cache in RUNS:
-            run = whole_run(method, adapter, training_rows(method, items, fmt), cache, batch_size=batch_size,
-                            epochs=epochs)
-            runs.setdefault((method, adapter, cache), []).append(run)
-            print(f"{method} {adapter} cache={cache}: {run}", flush=True)
+        for method, adapter, cache, labels_only in configurations:
+            run = whole_run(method, adapter, training_rows(method, items, fmt), cache, labels_only,
+                            batch_size=batch_size, epochs=epochs)
+            runs.setdefault((method, adapter, cache, labels_only), []).append(run)
+            print(f"{method} {adapter} cache={cache} head on labels only={labels_only}: {run}", flush=True)
 
     def median(key: tuple, field: str) -> float:
         return statistics.median(run[field] for run in runs[key])
 
-    lines = ["| method | adapter | blocks below the site | whole run s (median) | runs (s) | in steps s (median) "
-             "| steps | replayed / forward tokens | LoRA ÷ this: whole run | LoRA ÷ this: steps |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | adapter | blocks below the site | LM head scores | whole run s (median) | runs (s) "
+             "| in steps s (median) | steps | replayed / forward tokens | LoRA ÷ this: whole run | LoRA ÷ this: steps |",
+             "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for key, done in runs.items():
-        method, adapter, cache = key
-        lora = (method, LORA, None)
+        method, adapter, cache, labels_only = key
+        lora = (method, LORA, None, labels_only)
         below = "-" if cache is None else ("once per row (cache)" if cache else "every step")
+        head = "labelled positions" if labels_only else "every position"
         last, seconds = done[-1], ", ".join(f"{run['seconds']:.1f}" for run in done)
-        lines.append(f"| {method.upper()} | {adapter} | {below} | {median(key, 'seconds'):.1f} | {seconds} | "
+        lines.append(f"| {method.upper()} | {adapter} | {below} | {head} | {median(key, 'seconds'):.1f} | {seconds} | "
                      f"{median(key, 'step_seconds'):.1f} | {last['steps']} | "
                      f"{last['replayed']:,} / {last['forward']:,} | "
                      f"{median(lora, 'seconds') / median(key, 'seconds'):.2f}× | "
@@ -178,6 +191,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="--whole-runs: epochs per run")
     parser.add_argument("--items", type=int, default=8, help="--whole-runs: training rows")
     parser.add_argument("--rounds", type=int, default=3, help="--whole-runs: rounds")
+    parser.add_argument("--head", action="store_true",
+                        help="--whole-runs: DPO with the LM head on labelled positions vs every position (see above)")
     parser.add_argument("--dataset", default="sentiment",
                         help="--whole-runs: a bundled behaviour set, e.g. sentiment (one-line prompts) or dialogues "
                              "(prompts of 150-178 tokens)")
@@ -187,8 +202,8 @@ def main() -> None:
     dataset = load_behaviour(args.dataset if args.whole_runs else "sentiment")
     if args.whole_runs:
         items = training_subset(split_items(dataset.items, seed=0).train, args.items, seed=0)
-        report = whole_runs(items, PromptFormatter(tokenizer), batch_size=args.batch_size, epochs=args.epochs,
-                            rounds=args.rounds)
+        report = whole_runs(items, PromptFormatter(tokenizer), HEAD_RUNS if args.head else RUNS,
+                            batch_size=args.batch_size, epochs=args.epochs, rounds=args.rounds)
         print(f"\nSmolLM2-135M-Instruct, {args.dataset}, {args.items} rows, {args.epochs} epochs, batch {args.batch_size}, "
               f"{args.threads} thread(s), median of {args.rounds} rounds, torch {torch.__version__}\n\n{report}")
         return

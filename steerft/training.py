@@ -280,6 +280,34 @@ def below_site_cache(model, peft_config: PeftConfig | None) -> BelowSiteCache | 
     return contextlib.nullcontext() if site is None else BelowSiteCache(model, *site)
 
 
+@contextlib.contextmanager
+def fused_head_on_labels_only() -> Iterator[None]:
+    """Let TRL's fused LM head score only the labelled positions on CPU too, while the block runs.
+
+    TRL's DPO (and KTO, GRPO) trainers compute per-token log-probs with a fused LM head that skips
+    unlabelled positions on CUDA/XPU but scores every position elsewhere, so that a compiler (Neuron)
+    sees fixed tile shapes. Eager CPU compiles nothing, and on preference rows most positions are
+    the prompt's: on the bundled dialogues rows (prompts ~165, replies ~45 tokens) the head's forward
+    and backward cost 4.6x more over every position than over the labelled ones
+    (`scripts/bench_train.py --head`). TRL picks the path by asking `_use_triton(device)` in
+    `trl.trainer.utils`; inside this block that answer is yes for CPU tensors, and TRL's own
+    labelled-only path runs (same log-probs: unlabelled positions are zero either way). Nothing
+    happens if a TRL version no longer has that switch (a test names it, so an upgrade that moves
+    it is noticed).
+    """
+    from trl.trainer import utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or decide(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = decide
+
+
 def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
                  callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = (), cache_below_site: bool = True):
     """`fit`, also returning the `TrainingBudget` the run actually used.
@@ -290,7 +318,7 @@ def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig
     """
     started = time.perf_counter()
     cache = below_site_cache(model, peft_config) if cache_below_site else contextlib.nullcontext()
-    with cache:
+    with cache, fused_head_on_labels_only():
         with counting_tokens([model]) as setup:
             trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
                                     callbacks=callbacks, report_to=report_to)

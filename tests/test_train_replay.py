@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from unittest import mock
 
 import pytest
 import torch
@@ -304,3 +305,68 @@ def test_mixed_adapter_rows_run_in_full():
         for _ in range(2):
             peft_model(**batch, use_cache=False, adapter_names=["default", "__base__", "default"])
     assert cache.counts.replayed_passes == 0 and cache.counts.full_passes == 2
+
+
+# --------------------------------------------------------------------------- TRL's fused LM head on CPU
+
+
+class HeadRows:
+    """Records how many positions each call of TRL's fused LM head scores, and how many of them carry a label."""
+
+    def __init__(self) -> None:
+        from trl.trainer import utils as trl_utils
+
+        self.real = trl_utils._ChunkedLogProbFunction
+        self.scored: list[int] = []
+
+    def apply(self, hidden, weight, bias, labels, *rest):
+        self.scored.append(hidden.shape[0])
+        return self.real.apply(hidden, weight, bias, labels, *rest)
+
+
+def _dpo_run(peft_config, labels_only: bool, tmp_path):
+    from trl.trainer import utils as trl_utils
+
+    model, tokenizer = _model("llama")
+    losses, head = StepLosses(), HeadRows()
+    items = training_subset(split_items(load_behaviour("sentiment").items, 0).train, 4, 0)
+    everywhere = contextlib.nullcontext() if labels_only else mock.patch(
+        "steerft.training.fused_head_on_labels_only", contextlib.nullcontext)
+    with everywhere, mock.patch.object(trl_utils, "_ChunkedLogProbFunction", head):
+        trained, _ = fit_measured(model, tokenizer, training_rows("dpo", items, PromptFormatter(tokenizer)),
+                                  method="dpo", peft_config=peft_config,
+                                  args={"output_dir": str(tmp_path), "num_train_epochs": 2,
+                                        "per_device_train_batch_size": 2, "learning_rate": 0.05},
+                                  callbacks=[losses])
+    weights = {name: p.detach().clone() for name, p in trained.named_parameters() if p.requires_grad}
+    return losses.losses, weights, head
+
+
+@pytest.mark.parametrize("adapter", ["steer", "lora"])
+def test_dpo_on_cpu_scores_only_labelled_positions_and_trains_alike(adapter, tmp_path):
+    make = {"steer": lambda: SteerConfig(layers=[SITE]),
+            "lora": lambda: LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")}[adapter]
+    losses, weights, head = _dpo_run(make(), True, tmp_path / "labelled")
+    plain_losses, plain_weights, plain_head = _dpo_run(make(), False, tmp_path / "every")
+    # TRL alone scores every position of every pass on CPU (rows x columns - 1); inside steerft's runs
+    # only the labelled ones, in the same passes (reference precompute, then training steps).
+    assert len(head.scored) == len(plain_head.scored) == 6
+    assert all(0 < mine < every for mine, every in zip(head.scored, plain_head.scored))
+    assert len(losses) == 4 and losses == pytest.approx(plain_losses, abs=1e-5)
+    assert weights.keys() == plain_weights.keys()
+    for name, value in weights.items():
+        torch.testing.assert_close(value, plain_weights[name], rtol=0, atol=1e-5)
+
+
+def test_the_labelled_positions_switch_is_trls_and_is_put_back():
+    from trl.trainer import utils as trl_utils
+
+    from steerft.training import fused_head_on_labels_only
+
+    decide = trl_utils._use_triton  # the switch TRL's fused head asks; an upgrade that moves it must be noticed
+    assert decide(torch.device("cpu")) is False
+    with pytest.raises(RuntimeError), fused_head_on_labels_only():
+        assert trl_utils._use_triton(torch.device("cpu")) is True
+        assert trl_utils._use_triton(torch.device("meta")) is decide(torch.device("meta"))
+        raise RuntimeError
+    assert trl_utils._use_triton is decide
