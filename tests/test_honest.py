@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,13 +55,15 @@ def baseline(margins: list[float], answers: list[str | None]) -> dict:
                   competence=verdict.as_dict())
 
 
-def study(cfg: StudyConfig, base: dict, margins_of) -> tuple[dict, str]:
-    """summary and report.md for `cfg`'s grid, each point's margins from `margins_of(point)`."""
+def study(cfg: StudyConfig, base: dict, margins_of, choice_of=lambda point: {}) -> tuple[dict, str]:
+    """summary and report.md for `cfg`'s grid, each point's margins from `margins_of(point)` and its recorded
+    choice (e.g. the training budget it got) from `choice_of(point)`."""
     families = {"caa": "steering", "lora-sft": "finetuning", "system-prompt": "prompting"}
     records = {base["key"]: base}
     for point in grid(cfg):
         if point.method != "none":
-            records[point.key] = record(point, margins_of(point), family=families[point.method])
+            records[point.key] = record(point, margins_of(point), family=families[point.method],
+                                        choice=choice_of(point))
     points = grid(cfg)
     rows = point_rows(points, records)
     summary = summarise(cfg, points, rows, records)
@@ -80,6 +83,28 @@ def test_an_ab_set_at_chance_with_a_letter_bias_warns_first_and_claims_no_steeri
     assert report.count(NOT_INTERPRETABLE) >= 4  # every non-baseline point of the effect table
     assert "ANSWER SHIFT" in report and "toward 'B'" in report
     assert "Not reported: the base model is at chance" in report
+
+
+def test_a_model_giving_one_answer_to_every_item_gets_its_exact_chance_level_not_a_band_of_zero_width():
+    answers = ["Yes", "No"] * 15
+    base = baseline([1.5 if a == "No" else -1.5 for a in answers], answers)  # "No" to every item
+    _, report = study(config(), base, lambda p: base["margins"])
+    assert "balanced accuracy 0.500" in report and "chance band" not in report
+    assert re.search(r"(\d\.\d{3})-\1(?!\d)", report) is None  # no "0.500-0.500"
+    assert "a model that gives one answer to every item, as this one does, scores exactly 0.500" in report
+    assert "'No' on 100% of items" in report
+
+
+def test_the_header_names_a_training_budget_only_when_a_point_trained():
+    base = baseline([1.0 + 0.1 * i for i in range(10)], [None] * 10)
+    _, report = study(config(methods=["caa", "system-prompt"]), base, lambda p: base["margins"])
+    assert "Trained methods" not in report
+    cfg = config()
+    budget = {"steps": 4, "examples": 16, "tokens_forward": 320, "tokens_backward": 320}
+    _, report = study(cfg, base, lambda p: base["margins"],
+                      lambda p: {"budget": budget, "learning_rate": 1e-3} if p.method == "lora-sft" else {})
+    header = report.split("\n\n## ")[0]
+    assert f"Trained methods: {cfg.train.budget()}, at every n." in header
 
 
 def test_always_no_on_a_57_43_yes_no_split_is_not_a_positive_behaviour_effect():

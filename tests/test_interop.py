@@ -242,6 +242,47 @@ def test_merge_that_is_not_exact_is_refused(tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
+def _saved(folder, model, tokenizer):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    model.name_or_path = str(folder)
+    return model, tokenizer
+
+
+def _adapter_on_saved_base(tmp_path):
+    """A steer adapter recording a tiny base saved at tmp_path / "base", and that base's tokenizer."""
+    base, tokenizer = _saved(tmp_path / "base", *_model())
+    return save_adapter(base, _vectors(), tmp_path / "adapter"), tokenizer
+
+
+def test_merged_checkpoint_keeps_the_adapter_folders_own_tokenizer_as_load_model_does(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder, tokenizer = _adapter_on_saved_base(tmp_path)
+    tokenizer.chat_template = "{{ 'the template this adapter was trained with' }}"
+    tokenizer.save_pretrained(folder)
+    merged = export_merged(folder, tmp_path / "merged")
+    assert AutoTokenizer.from_pretrained(merged).chat_template == tokenizer.chat_template
+
+
+def test_merged_export_with_a_missing_unknown_or_mismatched_base_is_one_line(tmp_path, capsys):
+    from steerft.cli import main
+
+    folder, _ = _adapter_on_saved_base(tmp_path)
+    _saved(tmp_path / "narrow", *tiny_model(hidden_size=32))  # a base the adapter's 64-wide vectors do not fit
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    capsys.readouterr()  # saving the bases wrote progress bars
+    for recorded, message in ((None, "does not record its base model (base_model_name_or_path); pass --model."),
+                              ("/nowhere/base", "No model at '/nowhere/base'"),
+                              (str(tmp_path / "narrow"), "could not be applied")):
+        config_path.write_text(json.dumps({**config, "base_model_name_or_path": recorded}))
+        assert main(["export", "merged", str(folder), str(tmp_path / "merged")]) == 2
+        error = capsys.readouterr().err  # after any loading progress bars: one line
+        assert error.splitlines()[-1].startswith("steerft export: ") and message in error.splitlines()[-1]
+        assert "Traceback" not in error and not (tmp_path / "merged").exists()
+
+
 # --------------------------------------------------------------------------- Hub-ready folders
 
 

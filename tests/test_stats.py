@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -79,6 +80,44 @@ def test_threshold_is_a_test_at_the_test_set_size() -> None:
     assert few.statistic == pytest.approx(0.6) == many.statistic
     assert not few.passed and many.passed
     assert many.chance_band[1] - many.chance_band[0] < few.chance_band[1] - few.chance_band[0]
+
+
+def printed_threshold(message: str) -> float | None:
+    """The "above chance ... needs >= X" value a verdict's message states (None when it says nothing passes)."""
+    found = re.search(r"needs >= (\d\.\d{3})", message)
+    return float(found.group(1)) if found else None
+
+
+@pytest.mark.parametrize("n", [4, 10, 50])
+def test_the_printed_accuracy_threshold_is_the_binomial_tests_decision(n: int) -> None:
+    for hits in range(n + 1):
+        verdict = competence_check(torch.tensor([1.0] * hits + [-1.0] * (n - hits)))
+        threshold = printed_threshold(verdict.message)
+        assert verdict.passed == (threshold is not None and round(verdict.statistic, 3) >= threshold)
+        assert "chance 0.500" in verdict.message and "chance band" not in verdict.message
+    assert threshold is None if n == 4 else threshold is not None  # 4 items cannot reach p < 0.05
+
+
+@pytest.mark.parametrize("chose_a, can_pass", [(3, False), (10, True), (14, True), (19, False)])
+def test_the_printed_balanced_accuracy_threshold_is_the_exact_tests_decision_at_this_answer_bias(chose_a, can_pass):
+    """Whatever the answer bias, the message's threshold passes exactly the balanced accuracies the test passes."""
+    matching = ["A"] * 10 + ["B"] * 10
+    for cell in range(max(0, chose_a - 10), min(chose_a, 10) + 1):  # A-matching items answered A
+        choices = ["A"] * cell + ["B"] * (10 - cell) + ["A"] * (chose_a - cell) + ["B"] * (10 - chose_a + cell)
+        verdict = competence_check(margins_choosing(choices, matching), matching)
+        threshold = printed_threshold(verdict.message)
+        assert verdict.passed == (threshold is not None and round(verdict.statistic, 3) >= threshold)
+        assert "chance band" not in verdict.message
+    # with 3 or 19 of 20 answers A, even the best table has p >= 0.05: the message says nothing can pass
+    assert (threshold is not None) == can_pass
+    assert ("with this answer bias no balanced accuracy over 20 items is above chance" in verdict.message) != can_pass
+
+
+def test_one_answer_to_every_item_is_exactly_chance_and_says_so() -> None:
+    matching = ["A", "B"] * 10
+    verdict = competence_check(margins_choosing(["B"] * 20, matching), matching)
+    assert verdict.statistic == 0.5 and verdict.p_value == pytest.approx(1.0) and not verdict.passed
+    assert "a model that gives one answer to every item, as this one does, scores exactly 0.500" in verdict.message
 
 
 def test_free_completions_use_an_exact_binomial_test() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from steerft.models import load_recorded_base
+from steerft.models import load_model, load_recorded_base
 
 from .adapter import InteropError, read_adapter
 
@@ -29,6 +29,12 @@ def base_model_of(folder: str | Path, model: str | None = None) -> str:
 
 
 def load_with_adapter(folder: str | Path, model: str | None = None) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-    """The base model with the adapter attached, in eval mode."""
-    base, tokenizer = load_recorded_base(base_model_of(folder, model))
+    """The base model (`model`, else the recorded one) with the adapter attached, in eval mode.
+
+    Without `model` this is `steerft.models.load_model(folder)`, the one loader of adapter folders (a built-in
+    recorded by its Hub id or by its cache path elsewhere, the folder's own tokenizer when it has one)."""
+    if model is None:
+        base_model_of(folder)  # a steer adapter that records its base, or one line naming --model
+        return load_model(str(folder))
+    base, tokenizer = load_recorded_base(model)
     return PeftModel.from_pretrained(base, str(folder)), tokenizer

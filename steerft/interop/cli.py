@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from steerft.models import ModelNotAvailableError
+from steerft.models import AdapterLoadError, ModelNotAvailableError
 
 Handler = Callable[[argparse.Namespace], str]
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         print(args.handler(args))
-    except (InteropError, ModelNotAvailableError, FileNotFoundError) as err:
+    except (InteropError, AdapterLoadError, ModelNotAvailableError, FileNotFoundError) as err:
         print(f"steerft {args.job}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -15,8 +15,9 @@ prefers the matching answer) and, for two-answer formats, each item's matching a
 
 from __future__ import annotations
 
+import bisect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -182,8 +183,11 @@ def _free_verdict(correct: torch.Tensor, metric_name: str, alpha: float) -> Comp
     band = binomial_band(n)
     p_value = binomial_upper_tail(hits, n)
     passed = p_value < alpha
-    detail = (f"accuracy {accuracy:.3f} over {n} items (chance band {band[0]:.3f}-{band[1]:.3f}, one-sided "
-              f"exact binomial p = {p_value:.3g})")
+    needed = _smallest_passing(lambda k: binomial_upper_tail(k, n), n, alpha)
+    needs = (f"no accuracy over {n} items is above chance" if needed is None else
+             f"above chance at this test size needs >= {needed / n:.3f}")
+    detail = (f"accuracy {accuracy:.3f} over {n} items (chance 0.500; {needs}; one-sided exact binomial "
+              f"p = {p_value:.3g})")
     if passed:
         message = f"The base model prefers the matching completion above chance on {metric_name}: {detail}."
     else:
@@ -218,18 +222,36 @@ def _two_answer_verdict(correct: torch.Tensor, answers: list[str], names: list[s
         return (cell / n_first + (n_second - (chosen_first - cell)) / n_second) / 2
 
     pmf = hypergeometric_pmf(n, n_first, chosen_first)
+
+    def tail(cell: int) -> float:  # the one-sided exact p-value of `cell`
+        return min(1.0, sum(pmf[cell:]))
+
     observed = int((chose_first & is_first).sum())
-    p_value = min(1.0, sum(pmf[observed:]))
+    p_value = tail(observed)
     low, high = central_quantiles(pmf)
     band = (balanced_at(low), balanced_at(high))
     shares = {first: chosen_first / n, second: 1 - chosen_first / n}
     passed = p_value < alpha
+    needed = _smallest_passing(tail, min(chosen_first, n_first), alpha)
+    if needed is not None:
+        needs = f"above chance at this test size and answer bias needs >= {balanced_at(needed):.3f}"
+    elif chosen_first in (0, n):  # whatever the items say
+        needs = "a model that gives one answer to every item, as this one does, scores exactly 0.500"
+    else:
+        needs = f"with this answer bias no balanced accuracy over {n} items is above chance"
     per_answer = ", ".join(f"{name} {accuracy[name]:.3f}" for name in names)
     detail = (f"balanced accuracy {balanced:.3f} over {n} items (accuracy on the items each answer matches: "
-              f"{per_answer}; chance band {band[0]:.3f}-{band[1]:.3f}, one-sided exact p = {p_value:.3g})")
+              f"{per_answer}; chance 0.500; {needs}; one-sided exact p = {p_value:.3g})")
     bias = f" The model chose {first!r} on {shares[first]:.0%} of items and {second!r} on {shares[second]:.0%}."
     return CompetenceVerdict(passed, "balanced accuracy", balanced, n, band, p_value, accuracy, shares,
                              _message(passed, metric_name, detail, alpha, bias))
+
+
+def _smallest_passing(p_value: Callable[[int], float], top: int, alpha: float) -> int | None:
+    """The smallest count in 0..top (the most the data allow) whose one-sided p-value is below alpha: the
+    check's decision as a value to reach. None when no reachable count passes. p-values fall as counts grow."""
+    first = bisect.bisect_left(range(top + 1), True, key=lambda count: p_value(count) < alpha)
+    return first if first <= top else None
 
 
 def _message(passed: bool, metric_name: str, detail: str, alpha: float, bias: str) -> str:

@@ -98,12 +98,17 @@ def crossover(tuned: dict[int, Stats], steering: dict[str, dict[int, Stats]]) ->
 
 def _header(config: StudyConfig, summary: dict[str, Any]) -> str:
     methods = ", ".join(summary["methods"])
+    trained = f" Trained methods: {config.train.budget()}, at every n." if _trained_any(summary) else ""
     return (f"# Study `{config.name}`: {summary['dataset']} on {summary['model']}\n\n"
             f"Methods: {methods}. n = {', '.join(map(str, config.n))}; seeds = "
             f"{', '.join(map(str, config.seeds))}. Held-out test split: {summary['test_items']} items (the same for "
             f"every method; never used to choose anything). Layers and multipliers chosen on the validation split "
-            f"by {config.select_by.replace('_', ' ')}: {_selection_rules(config)} Trained methods: "
-            f"{config.train.budget()}, at every n.")
+            f"by {config.select_by.replace('_', ' ')}: {_selection_rules(config)}{trained}")
+
+
+def _trained_any(summary: dict[str, Any]) -> bool:
+    """Whether any point of the grid trained: its record carries the training budget it got (the ledger's steps)."""
+    return any(entry["steps"] is not None for by_n in summary["ledger"]["methods"].values() for entry in by_n.values())
 
 
 def _selection_rules(config: StudyConfig) -> str:
