@@ -276,6 +276,7 @@ def test_two_local_workers_split_the_grid_and_match_one_process(tiny_dir, finish
     run_study(build(StudyConfig, micro(tiny_dir, tmp_path / "two", workers=2, threads=1)))
     out = capfd.readouterr().out
     assert "[rank 0]" in out and "[rank 1]" in out
+    assert "] [9/9] " in out  # the rank that finishes the study's last point counts every rank's points
     assert not list((tmp_path / "two").glob("points.rank*.jsonl"))  # merged into points.jsonl
     assert not (tmp_path / "two" / runner.CLAIMS_DIR).exists()  # every rank has ended
     assert results(tmp_path / "two") == results(finished)

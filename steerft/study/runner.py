@@ -11,8 +11,8 @@ dead rank's, so a killed study resumes. A launcher's distributed environment is 
 trainers so they do not wrap models for DDP. Rank 0 then waits until every point is in some file,
 merges them and writes the outputs. It removes `.claims/` when it alone ran the study or its
 local workers have ended; under a launcher it cannot know that the other ranks have stopped
-reading the locks (removing a lock file under a waiting rank would let two ranks hold one unit),
-so the small hidden folder stays; the next run reuses it.
+walking (removing a lock file a rank holds would let another lock a new file of that name, and
+two ranks would hold one unit), so the small hidden folder stays; the next run reuses it.
 """
 
 from __future__ import annotations
@@ -157,8 +157,7 @@ def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], ou
 def _claim(out: Path, unit: list[Point]) -> Iterator[bool]:
     """Hold `unit` for this rank if no other rank does (yields whether it does), without waiting.
 
-    The lock files stay in place: unlinking one while another rank waits on it would let a third
-    lock a new file of the same name, and two ranks would hold one unit."""
+    The lock files stay in place after release: unlinking one races with another rank opening it."""
     lock = FileLock(out / CLAIMS_DIR / f"{unit_name(unit)}.lock", timeout=0)
     try:
         lock.acquire()
