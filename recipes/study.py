@@ -3,8 +3,9 @@
     python recipes/study.py --config eval/studies/quick.yaml [key=value ...]
     accelerate launch --multi_gpu --num_processes 2 recipes/study.py --config eval/studies/full.yaml
 
-Keys are those of `steerft.study.StudyConfig`. Under `accelerate launch` the processes split the
-grid into work units (see steerft.study.points.work_units) and rank 0 writes the outputs; rerunning the command resumes a study.
+Keys are those of `steerft.study.StudyConfig`. Under `accelerate launch` the processes take the grid's
+work units as they come free (see steerft.study.runner) and rank 0 writes the outputs; rerunning the command
+resumes a study.
 """
 
 import sys

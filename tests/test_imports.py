@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -220,7 +221,7 @@ def test_light_name_lists_match_the_registries_that_run():
 
     assert tuple(ESTIMATORS) == ESTIMATOR_NAMES
     assert list(METHODS) == list(METHOD_SPECS)
-    assert all(MethodSpec(**{k: getattr(METHODS[name], k) for k in ("name", "family", "shared", "min_n", "memo")})
+    assert all(MethodSpec(**{f.name: getattr(METHODS[name], f.name) for f in dataclasses.fields(MethodSpec)})
                == spec for name, spec in METHOD_SPECS.items())
     with pytest.raises(RuntimeError, match=r"names without an entry \['b'\], entries without a name \['c'\]"):
         in_order(("a", "b"), {"a": 1, "c": 3}, "registry")

@@ -21,7 +21,8 @@ from steerft.jobs.truth import TruthConfig, run_truth_study
 from steerft.study import METHODS, StudyConfig, run_study
 from steerft.study import runner, select
 from steerft.study.outputs import CSV_COLUMNS
-from steerft.study.points import Point, PointLog, read_points, shard, work_units
+from steerft.study.context import load_data
+from steerft.study.points import Point, PointLog, grid, read_points, unit_name, work_units
 from steerft.study.report import crossover, n_to_fraction
 
 pytestmark = pytest.mark.usefixtures("offline_wandb")
@@ -95,7 +96,7 @@ def test_micro_study_writes_every_output(finished):
     assert len(runs) == 3  # one W&B run per method
 
 
-def test_killed_study_resumes_without_losing_or_repeating_a_point(tiny_dir, finished, tmp_path, monkeypatch):
+def test_killed_study_resumes_without_losing_or_repeating_a_point(tiny_dir, finished, tmp_path, monkeypatch, capsys):
     computed: list[str] = []
     real = runner.compute_point
 
@@ -118,8 +119,13 @@ def test_killed_study_resumes_without_losing_or_repeating_a_point(tiny_dir, fini
         handle.write(b'{"key": "caa|n=4|seed=1", "accur')
 
     monkeypatch.setattr(runner, "compute_point", counting)
+    capsys.readouterr()
     run_study(config)
     assert sorted(computed) == sorted(set(computed)) and len(computed) == 9
+    printed = capsys.readouterr().out
+    assert "of the study's 9 points (9 work units), 3 already done" in printed
+    assert [line.split("]")[0] for line in printed.splitlines() if line.startswith("[")] == [
+        f"[{k}/9" for k in range(4, 10)]
     assert results(tmp_path / "study") == results(finished)
 
 
@@ -220,30 +226,59 @@ def test_every_registered_method_has_a_known_family():
     assert {name for name, m in METHODS.items() if m.shared} == {"none", "system-prompt"}
 
 
-def test_ranks_get_work_units_so_three_groups_keep_two_workers_busy():
-    """Methods sharing memoised work (caa and random read one choice; caa+lora-sft reuses lora-sft) stay on
-    one rank; independent trainings of one (n, seed) are dealt apart."""
+def test_work_units_keep_shared_work_together_and_put_training_first():
+    """Methods sharing memoised work (caa and random read one choice; caa+lora-sft reuses lora-sft) form one
+    unit; independent methods of one (n, seed) are units of their own. Units that train come first."""
     points = [Point("none")] + [Point(m, n, 0) for n in (1, 4, 16)
-                                for m in ("random", "caa", "steer-sft", "lora-sft", "caa+lora-sft")]
+                                for m in ("random", "caa", "steer-sft", "few-shot", "lora-sft", "caa+lora-sft")]
     units = work_units(points)
-    assert [[p.method for p in unit] for unit in units[:3]] == [
-        ["none"], ["random", "caa", "lora-sft", "caa+lora-sft"], ["steer-sft"]]
-    assert len(units) == 1 + 3 * 2
-    ranks = [shard(points, rank, 2) for rank in (0, 1)]
-    assert sorted(ranks[0] + ranks[1], key=points.index) == points
-    assert all(rank == sorted(rank, key=points.index) for rank in ranks)  # each rank keeps grid order
-    for n in (1, 4, 16):  # every group is split across both ranks, its shared work on one
-        owners = {rank for rank, mine in enumerate(ranks) for p in mine if p.n == n}
-        assert owners == {0, 1}
-        assert len({rank for rank, mine in enumerate(ranks) for p in mine
-                    if p.n == n and p.method in ("random", "caa", "lora-sft", "caa+lora-sft")}) == 1
+    trained = [["random", "caa", "lora-sft", "caa+lora-sft"], ["steer-sft"]]
+    assert [[p.method for p in unit] for unit in units] == [*trained * 3, ["none"], *[["few-shot"]] * 3]
+    assert [unit[0].n for unit in units] == [1, 1, 4, 4, 16, 16, None, 1, 4, 16]  # grid order within each class
+    assert sorted((p for unit in units for p in unit), key=points.index) == points
+    assert len({unit_name(unit) for unit in units}) == len(units)
+    assert unit_name(units[0]) == "n1.seed0.random,caa,lora-sft,caa+lora-sft" and unit_name(units[6]) == "shared.none"
+
+
+def _share(tiny_dir: Path, out: Path, rank: int) -> tuple[list[Point], list[str]]:
+    """Rank `rank` of two walks a 3-point study (none, caa, lora-sft at one n and seed) with no other rank
+    running; returns the points and the keys in this rank's own log."""
+    config = build(StudyConfig, micro(tiny_dir, out, n=[2], seeds=[0]))
+    points = grid(config)
+    runner._compute_share(config, load_data(config), points, out, rank, 2)
+    return points, list(read_points([out / f"points.rank{rank}.jsonl"]))
+
+
+def test_a_rank_alone_computes_every_unit(tiny_dir, tmp_path):
+    _, mine = _share(tiny_dir, tmp_path / "study", rank=1)
+    assert mine == ["lora-sft|n=2|seed=0", "none|shared", "caa|n=2|seed=0"]  # the trained unit first
+
+
+def test_a_unit_held_by_another_process_is_skipped_and_taken_once_its_holder_dies(tiny_dir, tmp_path):
+    out = tmp_path / "study"
+    held = out / runner.CLAIMS_DIR / "n2.seed0.lora-sft.lock"
+    held.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys; from filelock import FileLock; lock = FileLock("
+                               f"{str(held)!r}); lock.acquire(); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        points, mine = _share(tiny_dir, out, rank=0)
+        assert mine == ["none|shared", "caa|n=2|seed=0"]
+    finally:
+        holder.kill()  # the system frees a dead holder's lock: a killed study resumes
+        holder.wait()
+    _, mine = _share(tiny_dir, out, rank=0)
+    assert sorted(mine) == sorted(p.key for p in points)
 
 
 def test_two_local_workers_split_the_grid_and_match_one_process(tiny_dir, finished, tmp_path, capfd):
     run_study(build(StudyConfig, micro(tiny_dir, tmp_path / "two", workers=2, threads=1)))
     out = capfd.readouterr().out
     assert "[rank 0]" in out and "[rank 1]" in out
+    assert "] [9/9] " in out  # the rank that finishes the study's last point counts every rank's points
     assert not list((tmp_path / "two").glob("points.rank*.jsonl"))  # merged into points.jsonl
+    assert not (tmp_path / "two" / runner.CLAIMS_DIR).exists()  # every rank has ended
     assert results(tmp_path / "two") == results(finished)
 
 

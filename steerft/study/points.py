@@ -1,4 +1,4 @@
-"""The grid of points, how ranks share it, and the append-only log that makes a study resumable.
+"""The grid of points, the work units ranks take, and the append-only log that makes a study resumable.
 
 Each finished point is one JSON line, flushed and fsynced before the next point starts, so a
 killed study loses at most the point in progress. A torn last line (the process died mid-write)
@@ -51,18 +51,13 @@ def grid(config: StudyConfig) -> list[Point]:
                      for m in methods if not METHOD_SPECS[m].shared]
 
 
-def shard(points: list[Point], rank: int, world: int) -> list[Point]:
-    """The points of rank `rank`, in grid order: work units (`work_units`) dealt round-robin.
-
-    Dealing units rather than whole (n, seed) groups keeps both ranks busy when a grid has few
-    groups (three n values on two workers), while methods that share memoised work stay together."""
-    mine = {p for i, unit in enumerate(work_units(points)) if i % world == rank for p in unit}
-    return [p for p in points if p in mine]
-
-
 def work_units(points: list[Point]) -> list[list[Point]]:
     """Points that must run on one rank: those of one (n, seed) whose methods share memoised work
-    (`Method.memo`, transitively); every other point is a unit of its own. In grid order."""
+    (`Method.memo`, transitively); every other point is a unit of its own.
+
+    In the order every rank walks them: units with a method that trains first, then the rest, grid
+    order within each. Trained points cost several times an extracted one, so starting with them is
+    the longest-first rule that lets ranks taking units as they come free finish close together."""
     units: list[tuple[set[str], list[Point]]] = []
     for point in points:
         work = {point.method, *METHOD_SPECS[point.method].memo}
@@ -70,7 +65,18 @@ def work_units(points: list[Point]) -> list[list[Point]]:
         merged = (work.union(*(u[0] for u in linked)), [p for u in linked for p in u[1]] + [point])
         units = [u for u in units if not any(u is v for v in linked)] + [merged]
     order = {p: i for i, p in enumerate(points)}
-    return sorted((sorted(unit, key=order.__getitem__) for _, unit in units), key=lambda unit: order[unit[0]])
+    in_grid_order = (sorted(unit, key=order.__getitem__) for _, unit in units)
+    return sorted(in_grid_order, key=lambda unit: (not _trains(unit), order[unit[0]]))
+
+
+def _trains(unit: list[Point]) -> bool:
+    return any(METHOD_SPECS[p.method].trains for p in unit)
+
+
+def unit_name(unit: list[Point]) -> str:
+    """A file name for a work unit, the same in every rank: its (n, seed) and methods."""
+    where = "shared" if unit[0].n is None else f"n{unit[0].n}.seed{unit[0].seed}"
+    return f"{where}.{','.join(p.method for p in unit)}"
 
 
 def log_path(out: Path, rank: int, world: int) -> Path:
@@ -90,6 +96,19 @@ def read_points(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
         for record in _records(path):
             records.setdefault(record["key"], record)
     return records
+
+
+def finished_points(out: Path) -> dict[str, dict[str, Any]]:
+    """Every finished point of a study folder, read while other ranks may be writing it.
+
+    Rank 0 merges the rank files into points.jsonl and then removes them while other ranks may
+    still be reading; a file gone between listing and reading means the merged file (written
+    first) now holds its points, so the folder is read again."""
+    while True:
+        try:
+            return read_points(log_paths(out))
+        except FileNotFoundError:
+            continue
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

@@ -1,10 +1,18 @@
 """`run_study`: compute every missing point of the grid, then write the outputs from the point log.
 
-With several processes (`workers: N`, or `accelerate launch` / `torchrun`) the ranks split the grid
-into work units (`points.work_units`) and never talk: each trains and scores its own points alone (a point is one
-small job, so data parallelism inside it would only add communication) and appends to its own
-file. A launcher's distributed environment is hidden from the trainers so they do not wrap models
-for DDP. Rank 0 then waits until every point is in some file, merges them and writes the outputs.
+With several processes (`workers: N`, or `accelerate launch` / `torchrun`) the ranks never talk.
+Every rank walks the same list of work units (`points.work_units`: trained work first) and takes
+each unit that is unfinished and free: a non-blocking file lock in `.claims/` of the study folder
+marks it as taken, and the rank computes its missing points alone (a point is one small job, so
+data parallelism inside it would only add communication), appends them to its own file and lets
+the lock go. A unit another rank holds is passed over, so ranks take work as they come free and
+finish close together whatever the points cost. The locks are fcntl locks: the system frees a
+dead rank's, so a killed study resumes. A launcher's distributed environment is hidden from the
+trainers so they do not wrap models for DDP. Rank 0 then waits until every point is in some file,
+merges them and writes the outputs. It removes `.claims/` when it alone ran the study or its
+local workers have ended; under a launcher it cannot know that the other ranks have stopped
+walking (removing a lock file a rank holds would let another lock a new file of that name, and
+two ranks would hold one unit), so the small hidden folder stays; the next run reuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from ..data import PromptFormatter
 from ..io import read_json_object, write_json, write_text
@@ -34,11 +44,12 @@ from .evaluate import measure
 from .judging import setup_judge
 from .methods import METHODS
 from .outputs import write_outputs
-from .points import POINTS_FILE, Point, PointLog, grid, log_path, log_paths, read_points, shard
+from .points import POINTS_FILE, Point, PointLog, finished_points, grid, log_path, unit_name, work_units
 from .wandb_log import log_study
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".study.lock"
+CLAIMS_DIR = ".claims"  # one lock file per work unit, held by the rank computing it
 OWNER_FILE = ".study.owner"  # who holds the lock (the lock file itself is only flock'ed)
 REFERENCES_FILE = "references.json"
 MERGE_POLL_S = 2.0
@@ -85,6 +96,9 @@ def _run_behaviour(config: StudyConfig, rank: int, world: int) -> Path:
         _compute_share(config, data, points, out, rank, world)
         if rank == 0:
             records = _collect(points, out, spawned)
+            workers.stop(spawned)
+            if len(spawned) == world - 1:  # no other rank can be reading the claims any more
+                shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)
             rows, summary = write_outputs(config, points, records, out)
             if config.wandb:
                 log_study(config, rows, summary, out)
@@ -97,8 +111,6 @@ def _run_behaviour(config: StudyConfig, rank: int, world: int) -> Path:
 @contextlib.contextmanager
 def _study_lock(out: Path) -> Iterator[None]:
     """One study process per folder at a time; a second is refused with the holder's pid and host."""
-    from filelock import FileLock, Timeout
-
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out / LOCK_FILE, timeout=0)
     try:
@@ -118,18 +130,44 @@ def _study_lock(out: Path) -> Iterator[None]:
 
 def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], out: Path, rank: int,
                    world: int) -> None:
-    """Compute this rank's unfinished points."""
-    mine = shard(points, rank, world)
-    todo = [p for p in mine if p.key not in read_points(log_paths(out))]
+    """Walk the work units and compute each one that is unfinished and that no other rank holds."""
+    units = work_units(points)
+    finished = finished_points(out)
+    left = [unit for unit in units if any(p.key not in finished for p in unit)]
+    done = sum(p.key in finished for p in points)
     tag = f"[rank {rank}] " if world > 1 else ""
-    print(f"{tag}steerft study {config.name}: {len(points)} points, {len(mine) - len(todo)} of this process's "
-          f"{len(mine)} already done -> {out}", flush=True)
-    if todo:
-        ctx = _context(config, data, out)  # validates the layers against the model
-        if rank == 0:
-            _record_study(out, config, data)
-        _compute(ctx, todo, PointLog(log_path(out, rank, world)), done=len(mine) - len(todo), total=len(mine),
-                 tag=tag)
+    print(f"{tag}steerft study {config.name}: of the study's {len(points)} points ({len(units)} work units), {done} "
+          f"already done -> {out}", flush=True)
+    if not left:
+        return
+    ctx = _context(config, data, out)  # validates the layers against the model
+    if rank == 0:
+        _record_study(out, config, data)
+    log = PointLog(log_path(out, rank, world))
+    progress = _Progress(tag, [p.key for p in points], out, done)
+    (out / CLAIMS_DIR).mkdir(parents=True, exist_ok=True)
+    for unit in left:
+        with _claim(out, unit) as claimed:
+            if claimed:
+                finished = finished_points(out)  # another rank may have finished the unit since the walk began
+                _compute(ctx, [p for p in unit if p.key not in finished], log, progress)
+
+
+@contextlib.contextmanager
+def _claim(out: Path, unit: list[Point]) -> Iterator[bool]:
+    """Hold `unit` for this rank if no other rank does (yields whether it does), without waiting.
+
+    The lock files stay in place after release: unlinking one races with another rank opening it."""
+    lock = FileLock(out / CLAIMS_DIR / f"{unit_name(unit)}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def _threads(config: StudyConfig) -> int | None:
@@ -163,7 +201,7 @@ def _check_study_file(out: Path, config: StudyConfig, data: StudyData) -> None:
     A folder without points holds nothing to protect, whatever its study.json says."""
     study = _study_record(config, data)
     path = out / STUDY_FILE
-    if path.is_file() and read_points(log_paths(out)):
+    if path.is_file() and finished_points(out):
         saved = read_json_object(path, fix="restore it, or use a new output_dir", error=ConfigError)
         for key in study:
             if saved.get(key) != study[key]:
@@ -216,23 +254,32 @@ def compute_point(ctx: StudyContext, point: Point) -> dict[str, Any]:
             "shared": method.shared, **record, "wall_time_s": time.perf_counter() - started}
 
 
-def _compute(ctx: StudyContext, todo: list[Point], log: PointLog, *, done: int, total: int, tag: str) -> None:
-    started = time.perf_counter()
-    group = None
-    for i, point in enumerate(todo, start=1):
+def _compute(ctx: StudyContext, todo: list[Point], log: PointLog, progress: _Progress) -> None:
+    """Compute one unit's points; its memoised work goes with it (units share none)."""
+    for point in todo:
         if workers.orphaned():
-            raise SystemExit(f"{tag}the study process that started this worker has exited; stopping.")
-        if point.group != group:  # memoised work is shared within a group only
-            ctx.memo.clear()
-            group = point.group
+            raise SystemExit(f"{progress.tag}the study process that started this worker has exited; stopping.")
         record = compute_point(ctx, point)
         log.append(record)
-        elapsed = time.perf_counter() - started
-        eta = elapsed / i * (len(todo) - i)
-        print(f"{tag}[{done + i}/{total}] {point.label()}: accuracy {record['accuracy']:.2f}, mean margin "
+        progress.report(point, record)
+    ctx.memo.clear()
+
+
+class _Progress:
+    """One line per computed point: the study's finished points (every rank's), this rank's elapsed
+    time, and an ETA from the pace at which the study's points have finished since this rank began."""
+
+    def __init__(self, tag: str, keys: list[str], out: Path, done: int) -> None:
+        self.tag, self.keys, self.out, self.done_at_start = tag, set(keys), out, done
+        self.started = time.perf_counter()
+
+    def report(self, point: Point, record: dict[str, Any]) -> None:
+        done = len(self.keys & finished_points(self.out).keys())
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / (done - self.done_at_start) * (len(self.keys) - done)  # >= 1: this rank just added one
+        print(f"{self.tag}[{done}/{len(self.keys)}] {point.label()}: accuracy {record['accuracy']:.2f}, mean margin "
               f"{record['mean_margin']:+.2f}, KL {record['kl']:.3f} ({record['wall_time_s']:.1f}s) | elapsed "
               f"{_clock(elapsed)}, ETA {_clock(eta)}", flush=True)
-    ctx.memo.clear()
 
 
 def _clock(seconds: float) -> str:
@@ -249,7 +296,7 @@ def _collect(points: list[Point], out: Path, spawned: list) -> dict[str, dict[st
     keys = [p.key for p in points]
     while True:
         workers.check(spawned)
-        records = read_points(log_paths(out))
+        records = finished_points(out)
         if all(key in records for key in keys):
             break
         time.sleep(MERGE_POLL_S)

@@ -2,7 +2,7 @@
 
 Two one-thread processes beat one two-thread process on a CPU box: small matrix products in one
 process wait on each other's threads, which is ruinous when anything else runs on the machine.
-Workers are ordinary ranks of the study (see runner): each takes its share of the grid and
+Workers are ordinary ranks of the study (see runner): each takes work units as it comes free and
 appends to its own point file; the calling process is rank 0 and merges. A worker whose parent
 has died stops before its next point, so a killed study leaves no orphan computing on.
 """
