@@ -296,8 +296,9 @@ def _dpo_trainer(arch, peft_config, tmp_path, **args):
     items = training_subset(split_items(load_behaviour("sentiment").items, seed=0).train, 6, seed=0)
     model, tokenizer = tiny_model(arch, seed=0)
     rows = training_rows("dpo", items, PromptFormatter(tokenizer))
+    # fp32 on the CPU wherever the tests run: they compare against fp32 CPU scoring to 1e-5 (a GPU would train in bf16)
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, seed=0, learning_rate=0.05,
-                    disable_tqdm=True, **args)
+                    disable_tqdm=True, use_cpu=True, bf16=False, **args)
     return build_trainer(model, tokenizer, rows, method="dpo", peft_config=peft_config, args=settings), tokenizer
 
 

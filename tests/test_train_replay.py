@@ -335,9 +335,9 @@ def _dpo_run(peft_config, labels_only: bool, tmp_path):
     with everywhere, mock.patch.object(trl_utils, "_ChunkedLogProbFunction", head):
         trained, _ = fit_measured(model, tokenizer, training_rows("dpo", items, PromptFormatter(tokenizer)),
                                   method="dpo", peft_config=peft_config,
-                                  args={"output_dir": str(tmp_path), "num_train_epochs": 2,
-                                        "per_device_train_batch_size": 2, "learning_rate": 0.05},
-                                  callbacks=[losses])
+                                  args={"output_dir": str(tmp_path), "num_train_epochs": 2, "use_cpu": True,
+                                        "bf16": False, "per_device_train_batch_size": 2, "learning_rate": 0.05},
+                                  callbacks=[losses])  # on the CPU: TRL already scores labelled positions on a GPU
     weights = {name: p.detach().clone() for name, p in trained.named_parameters() if p.requires_grad}
     return losses.losses, weights, head
 
