@@ -192,7 +192,8 @@ def profile_point() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         config = StudyConfig(model="smollm2-135m-instruct", dataset="dialogues", methods=["none", "caa"], n=[8],
-                             seeds=[0], layers=[6, 12, 18], multipliers=[1.0, 2.0], judge=JudgeSettings(kind="none"),
+                             seeds=[0], val_frac=0.05, test_frac=0.32,  # splits of 16 and 102 of the 320 items
+                             layers=[6, 12, 18], multipliers=[1.0, 2.0], judge=JudgeSettings(kind="none"),
                              eval=EvalSettings(test_items=100, val_items=16), wandb=False, threads=1, output_dir=out)
         ctx = runner._context(config, load_data(config), Path(out))
         for point in (Point("none"), Point("caa", 8, 0)):

@@ -335,5 +335,10 @@ def test_every_shipped_study_config_passes_the_checks(path):
 
     if path.name == "truth.yaml":  # `steerft truth`'s config, checked when built
         build(TruthConfig, load_config(path))
-    else:
-        check(build(StudyConfig, load_config(path)))
+        return
+    config = build(StudyConfig, load_config(path))
+    check(config)
+    # and its held-out splits hold the items it asks to score (a shorter split is scored whole, with a note)
+    data = load_data(config)
+    for asked, split in ((config.eval.val_items, data.val), (config.eval.test_items, data.test)):
+        assert asked is None or len(split) == asked, (asked, len(split))

@@ -13,6 +13,7 @@ them (`replayed_logprobs`) instead of running the model again.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -86,7 +87,8 @@ def load_data(config: StudyConfig) -> StudyData:
     if system_prompt is None and any("system-prompt" in m for m in config.methods):
         raise ConfigError(f"methods: the system-prompt methods need a system prompt, and dataset "
                           f"{config.dataset!r} has none; set system_prompt: '...' in the config.")
-    val, test = _cap(splits.val, config.eval.val_items), _cap(splits.test, config.eval.test_items)
+    val = _cap(splits.val, config.eval.val_items, "eval.val_items", f"val_frac={config.val_frac}")
+    test = _cap(splits.test, config.eval.test_items, "eval.test_items", f"test_frac={config.test_frac}")
     two_answer = all(answer_key(item.matching, item.not_matching) for item in dataset.items)
     hygiene = {"dropped": dict(dataset.dropped), **filtered,
                "balance": answer_balance(splits._replace(val=val, test=test)) if two_answer else None}
@@ -151,7 +153,12 @@ def check_system_prompt(config: StudyConfig, tokenizer: PreTrainedTokenizerBase)
                           "methods would be the bare model; drop them or set chat_template: none.")
 
 
-def _cap(items: list[T], limit: int | None) -> list[T]:
+def _cap(items: list[T], limit: int | None, key: str, fraction: str) -> list[T]:
+    """The first `limit` items of a held-out split; a split shorter than asked is said, not passed over."""
+    if limit is not None and limit > len(items):
+        print(f"steerft study: {key}={limit}, but that split has only {len(items)} items ({fraction} of the "
+              f"dataset); scoring those {len(items)}. Raise {fraction.split('=')[0]} or give split_file to hold more.",
+              file=sys.stderr, flush=True)
     return items if limit is None else items[:limit]
 
 
