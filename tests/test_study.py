@@ -21,6 +21,7 @@ from steerft.jobs.truth import TruthConfig, run_truth_study
 from steerft.study import METHODS, StudyConfig, run_study
 from steerft.study import runner, select
 from steerft.study.outputs import CSV_COLUMNS
+from steerft.study.config import EvalSettings
 from steerft.study.context import load_data
 from steerft.study.points import Point, PointLog, grid, read_points, unit_name, work_units
 from steerft.study.report import crossover, n_to_fraction
@@ -342,3 +343,12 @@ def test_every_shipped_study_config_passes_the_checks(path):
     data = load_data(config)
     for asked, split in ((config.eval.val_items, data.val), (config.eval.test_items, data.test)):
         assert asked is None or len(split) == asked, (asked, len(split))
+
+
+def test_a_held_out_split_shorter_than_asked_is_said_in_one_line(capsys):
+    config = StudyConfig(dataset="sentiment", n=[4], eval=EvalSettings(test_items=10_000, val_items=3))
+    data = load_data(config)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(data.val) == 3 and 0 < len(data.test) < 10_000
+    assert lines == [f"steerft study: eval.test_items=10000, but only {len(data.test)} are available; using those "
+                     f"{len(data.test)}. Raise test_frac (now 0.2) or give split_file to hold more."]

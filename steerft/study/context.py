@@ -87,8 +87,10 @@ def load_data(config: StudyConfig) -> StudyData:
     if system_prompt is None and any("system-prompt" in m for m in config.methods):
         raise ConfigError(f"methods: the system-prompt methods need a system prompt, and dataset "
                           f"{config.dataset!r} has none; set system_prompt: '...' in the config.")
-    val = _cap(splits.val, config.eval.val_items, "eval.val_items", f"val_frac={config.val_frac}")
-    test = _cap(splits.test, config.eval.test_items, "eval.test_items", f"test_frac={config.test_frac}")
+    val = _cap(splits.val, config.eval.val_items, "eval.val_items",
+               f" Raise val_frac (now {config.val_frac}) or give split_file to hold more.")
+    test = _cap(splits.test, config.eval.test_items, "eval.test_items",
+                f" Raise test_frac (now {config.test_frac}) or give split_file to hold more.")
     two_answer = all(answer_key(item.matching, item.not_matching) for item in dataset.items)
     hygiene = {"dropped": dict(dataset.dropped), **filtered,
                "balance": answer_balance(splits._replace(val=val, test=test)) if two_answer else None}
@@ -153,11 +155,10 @@ def check_system_prompt(config: StudyConfig, tokenizer: PreTrainedTokenizerBase)
                           "methods would be the bare model; drop them or set chat_template: none.")
 
 
-def _cap(items: list[T], limit: int | None, key: str, fraction: str) -> list[T]:
-    """The first `limit` items of a held-out split; a split shorter than asked is said, not passed over."""
+def _cap(items: list[T], limit: int | None, key: str, fix: str = "") -> list[T]:
+    """The first `limit` items; fewer than asked is said in one line, not passed over."""
     if limit is not None and limit > len(items):
-        print(f"steerft study: {key}={limit}, but that split has only {len(items)} items ({fraction} of the "
-              f"dataset); scoring those {len(items)}. Raise {fraction.split('=')[0]} or give split_file to hold more.",
+        print(f"steerft study: {key}={limit}, but only {len(items)} are available; using those {len(items)}.{fix}",
               file=sys.stderr, flush=True)
     return items if limit is None else items[:limit]
 
@@ -352,6 +353,6 @@ def resolved_layers(config: StudyConfig, model: nn.Module) -> tuple[list[int], l
 def eval_inputs(config: StudyConfig) -> tuple[list[str], list[str], list[str]]:
     """Neutral prompts (KL), general texts (cross-entropy) and generation prompts, capped."""
     sizes = config.eval
-    return (_cap(load_texts("neutral_prompts", "prompt"), sizes.neutral_prompts),
-            _cap(load_texts("general_text", "text"), sizes.general_texts),
-            _cap(load_texts("generation_prompts", "prompt"), sizes.generation_prompts))
+    return (_cap(load_texts("neutral_prompts", "prompt"), sizes.neutral_prompts, "eval.neutral_prompts"),
+            _cap(load_texts("general_text", "text"), sizes.general_texts, "eval.general_texts"),
+            _cap(load_texts("generation_prompts", "prompt"), sizes.generation_prompts, "eval.generation_prompts"))
