@@ -36,7 +36,8 @@ positions only (`fused_head_on_labels_only`), references precomputed once
 (`steerft.training.reference_defaults`), the multipliers replayed from block 14
 (`select.multipliers_on`) and the chosen one on test (`evaluate.replayed_preference`), both from
 base records kept in a study context built inside the timed run (a study of this one point pays
-for them). Its last line reads `trained_point_speedup=Z`.
+for them). Both sides score multiplier 0 ("don't steer") too; only the fast side also measures
+each multiplier's side effects (KL, cross-entropy), as the study does, so its ratio is a lower bound. Its last line reads `trained_point_speedup=Z`.
 
 `--profile-point` runs the `none` and a `caa` point of a real study (`dialogues`, n = 8, layers
 {6, 12, 18} x multipliers {1, 2}, 16 validation and 100 test items, judge off) and prints, per
@@ -144,7 +145,7 @@ def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast:
         candidates = select.multipliers_on(ctx, trained, fmt, TRAINED_LAYER, TRAINED_MULTIPLIERS)
     else:
         candidates = []
-        for multiplier in TRAINED_MULTIPLIERS:
+        for multiplier in select.with_zero(TRAINED_MULTIPLIERS):  # "don't steer" competes, as in the study
             with trained.using_multiplier(multiplier):
                 accuracy, margin = select.score(ctx, Scorable(trained, fmt))
             candidates.append(select.Candidate(TRAINED_LAYER, multiplier, accuracy, margin))
