@@ -273,13 +273,6 @@ def _counting_steps(training_step, counts: dict[str, int], rows_per_example: int
     return step
 
 
-def below_site_cache(model, peft_config: PeftConfig | None) -> BelowSiteCache | contextlib.nullcontext:
-    """The per-row cache of block L's input for a run that trains a steer adapter at block L >= 1
-    (the blocks below cannot change, so they run once per row); a no-op context for other adapters."""
-    site = steer_site(model, peft_config)
-    return contextlib.nullcontext() if site is None else BelowSiteCache(model, *site)
-
-
 @contextlib.contextmanager
 def fused_head_on_labels_only() -> Iterator[None]:
     """Let TRL's fused LM head score only the labelled positions on CPU too, while the block runs.
@@ -308,6 +301,19 @@ def fused_head_on_labels_only() -> Iterator[None]:
         trl_utils._use_triton = decide
 
 
+@contextlib.contextmanager
+def training_shortcuts(model, peft_config: PeftConfig | None, *,
+                       cache_below_site: bool = True) -> Iterator[ReplayCounts]:
+    """The exact shortcuts every steerft training run takes, around building the trainer and training:
+    a steer adapter at block L >= 1 runs blocks 0..L-1 once per row (`BelowSiteCache`; the blocks
+    below cannot change), and TRL's fused LM head scores labelled positions only on CPU
+    (`fused_head_on_labels_only`). Yields the cache's counts (all zero without a cache)."""
+    site = steer_site(model, peft_config) if cache_below_site else None
+    cache = BelowSiteCache(model, *site) if site is not None else contextlib.nullcontext()
+    with cache, fused_head_on_labels_only():
+        yield cache.counts if isinstance(cache, BelowSiteCache) else ReplayCounts()
+
+
 def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, args: Mapping[str, Any],
                  callbacks: Sequence[Any] | None = None, report_to: Sequence[str] = (), cache_below_site: bool = True):
     """`fit`, also returning the `TrainingBudget` the run actually used.
@@ -317,8 +323,7 @@ def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig
     fill the cache of the states entering the steered block, so training replays from the start.
     """
     started = time.perf_counter()
-    cache = below_site_cache(model, peft_config) if cache_below_site else contextlib.nullcontext()
-    with cache, fused_head_on_labels_only():
+    with training_shortcuts(model, peft_config, cache_below_site=cache_below_site) as replayed:
         with counting_tokens([model]) as setup:
             trainer = build_trainer(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
                                     callbacks=callbacks, report_to=report_to)
@@ -326,7 +331,6 @@ def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig
         trainer.training_step = _counting_steps(trainer.training_step, seen, 2 if method == "dpo" else 1)
         with counting_tokens([trainer.model, getattr(trainer, "ref_model", None)]) as tokens:
             trainer.train()
-    replayed = cache.counts if isinstance(cache, BelowSiteCache) else ReplayCounts()
     budget = TrainingBudget(steps=trainer.state.global_step, examples=seen["examples"],
                             tokens_forward=setup["forward"] + tokens["forward"],
                             tokens_backward=setup["backward"] + tokens["backward"],
@@ -342,7 +346,7 @@ def fit(model, tokenizer, rows, *, method: str, peft_config: PeftConfig | None, 
     `rows` is a datasets.Dataset from `training_rows`. `peft_config` goes to TRL unchanged; `args`
     are SFTConfig/DPOConfig keys over `TRAINER_DEFAULTS`. `report_to=tracking.report_to(True)` logs
     into the active W&B run. A steer adapter at block L trains without re-running blocks 0..L-1 on
-    rows already seen (`below_site_cache`; exact); `cache_below_site=False` runs every block every step.
+    rows already seen (`training_shortcuts`; exact); `cache_below_site=False` runs every block every step.
     """
     return fit_measured(model, tokenizer, rows, method=method, peft_config=peft_config, args=args,
                         callbacks=callbacks, report_to=report_to, cache_below_site=cache_below_site)[0]

@@ -24,8 +24,7 @@ from ..data import BehaviourItem, PromptFormatter, contrast_pairs, training_subs
 from ..io import atomic_dir, write_json, write_text
 from ..metrics import preference
 from ..runconfig import ConfigError, as_dict, build
-from ..training import (below_site_cache, build_trainer, check_trainer, fused_head_on_labels_only, row_counts,
-                        training_rows)
+from ..training import build_trainer, check_trainer, row_counts, training_rows, training_shortcuts
 from ..tuner import SteerConfig, hidden_size
 from .config import TrainConfig
 from .startup import layers_of, load_job_model, load_splits, set_threads
@@ -116,8 +115,7 @@ def run_training(config: TrainConfig) -> Path:
     try:
         args = {"output_dir": str(run_dir), "run_name": config.run_name, "seed": config.seed, **CHECKPOINTS,
                 **config.trainer}
-        # a steer adapter: blocks below it run once per row; TRL's LM head scores labelled positions only
-        with below_site_cache(model, adapter), fused_head_on_labels_only():
+        with training_shortcuts(model, adapter):
             trainer = build_trainer(model, tokenizer, training_rows(config.method, train_items, fmt),
                                     method=config.method, peft_config=adapter, args=args,
                                     report_to=tracking.report_to(config.wandb))
