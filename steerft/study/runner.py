@@ -112,19 +112,34 @@ def _run_behaviour(config: StudyConfig, rank: int, world: int) -> Path:
 def _study_lock(out: Path) -> Iterator[None]:
     """One study process per folder at a time; a second is refused with the holder's pid and host."""
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / LOCK_FILE, timeout=0)
+    with _held(out / LOCK_FILE) as held:
+        if not held:
+            owner = out / OWNER_FILE
+            holder = owner.read_text().strip() if owner.is_file() else "another process"
+            raise ConfigError(f"output_dir={str(out)!r} is in use by {holder}; wait for it to finish, or use "
+                              "another output_dir.")
+        try:
+            write_text(out / OWNER_FILE, f"pid {os.getpid()} on {socket.gethostname()}\n")
+            yield
+        finally:
+            (out / OWNER_FILE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[bool]:
+    """Hold the file lock at `path` if no other process does (yields whether it does), without waiting.
+
+    fcntl locks: the system frees a dead holder's. The lock file stays after release: unlinking one
+    races with another process opening it."""
+    lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        owner = out / OWNER_FILE
-        holder = owner.read_text().strip() if owner.is_file() else "another process"
-        raise ConfigError(f"output_dir={str(out)!r} is in use by {holder}; wait for it to finish, or use another "
-                          "output_dir.") from None
+        yield False
+        return
     try:
-        write_text(out / OWNER_FILE, f"pid {os.getpid()} on {socket.gethostname()}\n")
-        yield
+        yield True
     finally:
-        (out / OWNER_FILE).unlink(missing_ok=True)
         lock.release()
 
 
@@ -147,27 +162,10 @@ def _compute_share(config: StudyConfig, data: StudyData, points: list[Point], ou
     progress = _Progress(tag, [p.key for p in points], out, done)
     (out / CLAIMS_DIR).mkdir(parents=True, exist_ok=True)
     for unit in left:
-        with _claim(out, unit) as claimed:
+        with _held(out / CLAIMS_DIR / f"{unit_name(unit)}.lock") as claimed:
             if claimed:
                 finished = finished_points(out)  # another rank may have finished the unit since the walk began
                 _compute(ctx, [p for p in unit if p.key not in finished], log, progress)
-
-
-@contextlib.contextmanager
-def _claim(out: Path, unit: list[Point]) -> Iterator[bool]:
-    """Hold `unit` for this rank if no other rank does (yields whether it does), without waiting.
-
-    The lock files stay in place after release: unlinking one races with another rank opening it."""
-    lock = FileLock(out / CLAIMS_DIR / f"{unit_name(unit)}.lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
 
 
 def _threads(config: StudyConfig) -> int | None:
