@@ -22,6 +22,10 @@ to the end of `train()`, for SFT and DPO, with steer trained with the cache of t
 its block (steerft's default) and without it (`cache_below_site=False`), and LoRA; medians of
 `--rounds` rounds that run every configuration in turn.
 
+`--positions completion` gives the steer adapter `positions="completion"` (the vector acts on the
+labelled tokens only, as in CAA): its prompts are then computed once per run too
+(`BelowSiteCache`), and the table counts the prompt positions that ran no block.
+
 `--whole-runs --head` times whole DPO runs of steer (cached) and LoRA with TRL's fused LM head
 scoring only the labelled positions (`steerft.training.fused_head_on_labels_only`, steerft's
 default) and scoring every position (TRL's own choice on CPU), in the same rounds.
@@ -132,7 +136,7 @@ def whole_run(method: str, adapter: str, rows, cache: bool | None, labels_only: 
             args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                       learning_rate=learning_rate, logging_steps=1000, seed=0, disable_tqdm=True))
     return {"seconds": budget.wall_time_s, "step_seconds": sum(timer.durations), "steps": budget.steps,
-            "replayed": budget.tokens_replayed, "forward": budget.tokens_forward}
+            "replayed": budget.tokens_replayed, "prompts": budget.tokens_prompt_reused, "forward": budget.tokens_forward}
 
 
 def whole_runs(items, fmt, configurations: list[tuple], *, batch_size: int, epochs: int, rounds: int) -> str:
@@ -148,7 +152,8 @@ def whole_runs(items, fmt, configurations: list[tuple], *, batch_size: int, epoc
         return statistics.median(run[field] for run in runs[key])
 
     lines = ["| method | adapter | blocks below the site | LM head scores | whole run s (median) | runs (s) "
-             "| in steps s (median) | steps | replayed / forward tokens | LoRA ÷ this: whole run | LoRA ÷ this: steps |",
+             "| in steps s (median) | steps | replayed (prompt) / forward tokens | LoRA ÷ this: whole run "
+             "| LoRA ÷ this: steps |",
              "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for key, done in runs.items():
         method, adapter, cache, labels_only = key
@@ -158,7 +163,7 @@ def whole_runs(items, fmt, configurations: list[tuple], *, batch_size: int, epoc
         last, seconds = done[-1], ", ".join(f"{run['seconds']:.1f}" for run in done)
         lines.append(f"| {method.upper()} | {adapter} | {below} | {head} | {median(key, 'seconds'):.1f} | {seconds} | "
                      f"{median(key, 'step_seconds'):.1f} | {last['steps']} | "
-                     f"{last['replayed']:,} / {last['forward']:,} | "
+                     f"{last['replayed']:,} ({last['prompts']:,}) / {last['forward']:,} | "
                      f"{median(lora, 'seconds') / median(key, 'seconds'):.2f}× | "
                      f"{median(lora, 'step_seconds') / median(key, 'step_seconds'):.2f}× |")
     return "\n".join(lines)
@@ -193,11 +198,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="--whole-runs: rounds")
     parser.add_argument("--head", action="store_true",
                         help="--whole-runs: DPO with the LM head on labelled positions vs every position (see above)")
+    parser.add_argument("--positions", default="all", choices=["all", "completion"],
+                        help="the tokens the steer adapter acts on (see above)")
     parser.add_argument("--dataset", default="sentiment",
                         help="--whole-runs: a bundled behaviour set, e.g. sentiment (one-line prompts) or dialogues "
                              "(prompts of 150-178 tokens)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    ADAPTERS[STEER] = (lambda: SteerConfig(layers=[14], positions=args.positions), ADAPTERS[STEER][1])
     _, tokenizer = load_model()
     dataset = load_behaviour(args.dataset if args.whole_runs else "sentiment")
     if args.whole_runs:
@@ -205,6 +213,7 @@ def main() -> None:
         report = whole_runs(items, PromptFormatter(tokenizer), HEAD_RUNS if args.head else RUNS,
                             batch_size=args.batch_size, epochs=args.epochs, rounds=args.rounds)
         print(f"\nSmolLM2-135M-Instruct, {args.dataset}, {args.items} rows, {args.epochs} epochs, batch {args.batch_size}, "
+              f"steer positions={args.positions}, "
               f"{args.threads} thread(s), median of {args.rounds} rounds, torch {torch.__version__}\n\n{report}")
         return
     items = training_subset(split_items(dataset.items, seed=0).train, args.batch_size * (args.warmup + args.steps), seed=0)
@@ -215,7 +224,7 @@ def main() -> None:
     measure("sft", next(iter(ADAPTERS)), training_rows("sft", items, fmt), **sizes, steps=1)
     results = [measure(method, adapter, training_rows(method, items, fmt), **sizes, steps=args.steps)
                for method in ("sft", "dpo") for adapter in ADAPTERS]
-    print(f"\nSmolLM2-135M-Instruct, batch {args.batch_size}, {args.threads} thread(s), "
+    print(f"\nSmolLM2-135M-Instruct, batch {args.batch_size}, steer positions={args.positions}, {args.threads} thread(s), "
           f"median of {args.steps} steps after {args.warmup} warm-up steps, torch {torch.__version__}\n")
     print(table(results))
 

@@ -224,7 +224,10 @@ class TrainingBudget:
     graph for backward (a steering vector at block L back-propagates only above L, so for it this
     is an upper bound on backward work). `tokens_replayed` counts, among `tokens_forward`, the
     positions of passes that ran only the blocks from the steered one up, the blocks below served
-    from the per-row cache (`BelowSiteCache`); 0 for other adapters.
+    from the per-row cache (`BelowSiteCache`); 0 for other adapters. `tokens_prompt_reused` counts,
+    among those, the prompt positions that ran no block at all: a steer adapter acting on completion
+    positions only leaves prompts as the base model computes them, so their keys and values were kept
+    from the first pass over them.
     """
 
     steps: int
@@ -232,6 +235,7 @@ class TrainingBudget:
     tokens_forward: int
     tokens_backward: int
     tokens_replayed: int
+    tokens_prompt_reused: int
     wall_time_s: float
 
     def as_dict(self) -> dict[str, float]:
@@ -335,6 +339,7 @@ def fit_measured(model, tokenizer, rows, *, method: str, peft_config: PeftConfig
                             tokens_forward=setup["forward"] + tokens["forward"],
                             tokens_backward=setup["backward"] + tokens["backward"],
                             tokens_replayed=replayed.replayed_tokens,
+                            tokens_prompt_reused=replayed.prompt_tokens_reused,
                             wall_time_s=time.perf_counter() - started)
     return trainer.model, budget
 
