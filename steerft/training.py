@@ -244,20 +244,24 @@ class TrainingBudget:
 
 @contextlib.contextmanager
 def counting_tokens(models: Sequence[Any]) -> Iterator[dict[str, int]]:
-    """Count token positions entering each model's input embeddings while the block runs.
+    """Count the token positions (rows x columns) of each call of the given models while the block runs.
 
+    Counted where the model is called, not at its embeddings: a pass that reuses kept prompts
+    (`BelowSiteCache`) embeds only the rest of each row, yet costs the caller the whole row.
     Yields {"forward": ..., "backward": ...}; a pass counts as backward when autograd is recording.
     """
     counts = {"forward": 0, "backward": 0}
 
-    def hook(module, args, output) -> None:
-        tokens = args[0].numel()
-        counts["forward"] += tokens
+    def hook(module, args, kwargs) -> None:
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        tokens = kwargs.get("inputs_embeds") if tokens is None else tokens
+        positions = tokens.shape[0] * tokens.shape[1]
+        counts["forward"] += positions
         if torch.is_grad_enabled():
-            counts["backward"] += tokens
+            counts["backward"] += positions
 
-    embeddings = {id(m.get_input_embeddings()): m.get_input_embeddings() for m in models if m is not None}
-    handles = [module.register_forward_hook(hook) for module in embeddings.values()]
+    distinct = {id(model): model for model in models if model is not None}
+    handles = [model.register_forward_pre_hook(hook, with_kwargs=True) for model in distinct.values()]
     try:
         yield counts
     finally:
@@ -310,7 +314,8 @@ def training_shortcuts(model, peft_config: PeftConfig | None, *,
                        cache_below_site: bool = True) -> Iterator[ReplayCounts]:
     """The exact shortcuts every steerft training run takes, around building the trainer and training:
     a steer adapter at block L >= 1 runs blocks 0..L-1 once per row (`BelowSiteCache`; the blocks
-    below cannot change), and TRL's fused LM head scores labelled positions only on CPU
+    below cannot change) and, when it acts on completion positions only, each prompt once (prompts
+    stay the base model's), and TRL's fused LM head scores labelled positions only on CPU
     (`fused_head_on_labels_only`). Yields the cache's counts (all zero without a cache)."""
     site = steer_site(model, peft_config) if cache_below_site else None
     cache = BelowSiteCache(model, *site) if site is not None else contextlib.nullcontext()

@@ -18,7 +18,7 @@ from steerft.data import PromptFormatter, load_behaviour, split_items, training_
 from steerft.testing import tiny_model
 from steerft.training import fit_measured, training_rows
 from steerft.tuner import block_list
-from steerft.tuner.below_site import BelowSiteCache, steer_site
+from steerft.tuner.below_site import PROMPT_BYTES, BelowSiteCache, steer_site
 
 pytestmark = pytest.mark.usefixtures("offline_wandb")
 
@@ -60,23 +60,24 @@ class StepLosses(TrainerCallback):
             self.losses.append(float(logs["loss"]))
 
 
-def _trl_run(arch: str, method: str, cache: bool, tmp_path):
+def _trl_run(arch: str, method: str, cache: bool, tmp_path, positions: str = "all"):
     model, tokenizer = _model(arch)
     runs, losses = BlockRuns(model), StepLosses()
     items = training_subset(split_items(load_behaviour("sentiment").items, 0).train, 6, 0)
     trained, budget = fit_measured(model, tokenizer, training_rows(method, items, PromptFormatter(tokenizer)),
-                                   method=method, peft_config=SteerConfig(layers=[SITE]),
-                                   args={"output_dir": str(tmp_path), "num_train_epochs": 2,
-                                         "per_device_train_batch_size": 2, "learning_rate": 0.05},
+                                   method=method, peft_config=SteerConfig(layers=[SITE], positions=positions),
+                                   args={"output_dir": str(tmp_path), "num_train_epochs": 2, "per_device_train_batch_size": 2,
+                                         "learning_rate": 0.05, "use_cpu": True, "bf16": False},
                                    callbacks=[losses], cache_below_site=cache)
     return trained.get_vectors()[SITE], losses.losses, budget, runs.calls
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("method", ["sft", "dpo"])
-def test_trl_training_with_the_cache_equals_training_without(arch, method, tmp_path):
-    vector, losses, budget, ran = _trl_run(arch, method, True, tmp_path / "cached")
-    plain_vector, plain_losses, plain_budget, plain_ran = _trl_run(arch, method, False, tmp_path / "plain")
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_trl_training_with_the_cache_equals_training_without(arch, method, positions, tmp_path):
+    vector, losses, budget, ran = _trl_run(arch, method, True, tmp_path / "cached", positions)
+    plain_vector, plain_losses, plain_budget, plain_ran = _trl_run(arch, method, False, tmp_path / "plain", positions)
     assert len(losses) == 6 and vector.abs().max() > 1e-3
     assert losses == pytest.approx(plain_losses, abs=1e-5)
     torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
@@ -84,7 +85,9 @@ def test_trl_training_with_the_cache_equals_training_without(arch, method, tmp_p
     # epoch, DPO's reference precompute (same rows), so DPO trains entirely from the cache.
     assert ran == 3 * SITE and plain_ran > ran
     assert budget.tokens_replayed == (budget.tokens_forward // 2 if method == "sft" else budget.tokens_backward)
-    assert plain_budget.tokens_replayed == 0
+    assert plain_budget.tokens_replayed == plain_budget.tokens_prompt_reused == 0
+    # Steering completions only, the prompts of the replayed passes ran no block at all.
+    assert (budget.tokens_prompt_reused > 0) is (positions == "completion")
     assert (budget.tokens_forward, budget.tokens_backward) == (plain_budget.tokens_forward, plain_budget.tokens_backward)
 
 
@@ -122,10 +125,10 @@ def _batches(tokenizer, padding_side: str, epochs: int = 3) -> list[dict]:
     return batches
 
 
-def _sgd(model, batches: list[dict], cache, layers=(SITE,), change=None, **forward_kwargs):
+def _sgd(model, batches: list[dict], cache, layers=(SITE,), change=None, positions="all", **forward_kwargs):
     """Plain SGD on the steering vector, recording each step's loss and gradient; `change` edits
     the PeftModel first."""
-    peft_model = get_peft_model(model, SteerConfig(layers=list(layers)))
+    peft_model = get_peft_model(model, SteerConfig(layers=list(layers), positions=positions))
     if change is not None:
         change(peft_model)
     peft_model.train()
@@ -305,6 +308,111 @@ def test_mixed_adapter_rows_run_in_full():
         for _ in range(2):
             peft_model(**batch, use_cache=False, adapter_names=["default", "__base__", "default"])
     assert cache.counts.replayed_passes == 0 and cache.counts.full_passes == 2
+
+
+# --------------------------------------------------------------------------- prompts once: steering completions only
+
+PROMPTS = ["question: hi there", "tell me about the quick brown fox", "x"]
+REPLIES = ["fine", "it jumps over the lazy dog twice", "no, thanks a lot", "ok"]
+PAIRS = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (1, 2), (2, 3)]  # prompts shared by rows, as in DPO pairs
+
+
+def _prompted_batches(tokenizer, padding_side: str, epochs: int = 3) -> list[dict]:
+    """Rows of a prompt then a reply, labels on the reply only. Right padding reshuffles the rows
+    every epoch; left padding brings the same batches back (a row's pad count is part of its key)."""
+    tokenizer.padding_side = padding_side
+    batches = []
+    for epoch in range(epochs):
+        order = list(range(len(PAIRS)))
+        if padding_side == "right":
+            random.Random(epoch).shuffle(order)
+        for group in (order[:4], order[4:]):
+            encoded = tokenizer([f"{PROMPTS[PAIRS[i][0]]} {REPLIES[PAIRS[i][1]]}" for i in group], padding=True,
+                                return_tensors="pt")
+            labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+            for row, i in enumerate(group):
+                pads = int((encoded["attention_mask"][row] == 0).sum()) if padding_side == "left" else 0
+                labels[row, : pads + len(tokenizer(PROMPTS[PAIRS[i][0]])["input_ids"])] = -100
+            batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                            "labels": labels})
+    return batches
+
+
+def _first_labels(batch: dict) -> int:
+    return int((batch["labels"] != -100).int().argmax(-1).sum())
+
+
+class TopBlockWidths:
+    """The number of columns the last block runs in each pass."""
+
+    def __init__(self, model) -> None:
+        self.widths: list[int] = []
+        block_list(model)[-1].register_forward_pre_hook(lambda module, args: self.widths.append(args[0].shape[1]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_steering_completions_runs_each_prompt_once_and_trains_alike(arch, padding_side):
+    def wide(arch):
+        """gemma3's sliding-window layers (and cache classes) with a window over these rows: a shorter one keeps no
+        prompts (see the next tests)."""
+        model, tokenizer = _model(arch)
+        if arch == "gemma3":
+            model.config.sliding_window = 256
+        return model, tokenizer
+
+    model, tokenizer = wide(arch)
+    batches = _prompted_batches(tokenizer, padding_side)
+    top = TopBlockWidths(model)
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE), positions="completion")
+    plain = _sgd(wide(arch)[0], batches, lambda m: contextlib.nullcontext(), positions="completion")
+    _assert_same_training(cached, plain)
+    counts = cached[2].counts
+    assert (counts.full_passes, counts.replayed_passes) == (2, len(batches) - 2)
+    assert counts.prompt_tokens_reused == sum(_first_labels(b) for b in batches[2:])
+    # The first epoch runs whole rows; after it, the blocks from the site up run the labelled parts only.
+    full_widths = [b["input_ids"].shape[1] for b in batches]
+    assert top.widths[:2] == full_widths[:2] and all(w < f for w, f in zip(top.widths[2:], full_widths[2:]))
+
+
+def _lora_above(peft_model):
+    torch.manual_seed(0)
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3], init_lora_weights=False),
+                            peft_model.get_base_model())
+
+
+def _trainable_above(peft_model):
+    block_list(peft_model.get_base_model())[3].mlp.down_proj.weight.requires_grad_(True)
+
+
+@pytest.mark.parametrize("case", ["all positions", "lora above", "trainable above", "steer_mask", "no room"])
+def test_prompts_that_can_change_or_do_not_fit_are_run_every_pass_and_train_alike(case):
+    model, tokenizer = _model("llama")
+    batches = _prompted_batches(tokenizer, "right")
+    positions = "all" if case == "all positions" else "completion"
+    change = {"lora above": _lora_above, "trainable above": _trainable_above}.get(case)
+    if case == "steer_mask":  # an explicit mask steering the prompts too
+        batches = [{**b, "steer_mask": b["attention_mask"].bool()} for b in batches]
+    room = 0 if case == "no room" else PROMPT_BYTES
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE, prompt_bytes=room), positions=positions,
+                  change=change)
+    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext(), positions=positions, change=change)
+    _assert_same_training(cached, plain)
+    assert cached[2].counts.replayed_passes > 0 and cached[2].counts.prompt_tokens_reused == 0
+
+
+def test_a_sliding_window_shorter_than_the_rows_keeps_no_prompts_and_trains_alike():
+    """Its KV cache keeps only the window's last columns, so there are no whole prompts to keep."""
+
+    model, tokenizer = _model("gemma3")
+    model.config.sliding_window = 8
+    batches = _prompted_batches(tokenizer, "right")
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE), positions="completion")
+    plain_model = _model("gemma3")[0]
+    plain_model.config.sliding_window = 8
+    plain = _sgd(plain_model, batches, lambda m: contextlib.nullcontext(), positions="completion")
+    _assert_same_training(cached, plain)
+    assert cached[2].counts.replayed_passes == len(batches) - 2 and cached[2].counts.prompt_tokens_reused == 0
 
 
 # --------------------------------------------------------------------------- TRL's fused LM head on CPU

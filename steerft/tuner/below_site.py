@@ -169,8 +169,6 @@ class BelowSiteCache:
         if keys is None:
             self.counts.full_passes += 1
             return None
-        mask = kwargs.get("attention_mask")
-        mask = torch.ones_like(ids) if mask is None else mask
         splits = self._prompt_splits(len(keys))
         prompts = None if splits is None else [(key[0][:split], key[1][:split]) for key, split in zip(keys, splits)]
         known = [self.rows.get(key) for key in keys]
@@ -182,7 +180,7 @@ class BelowSiteCache:
         self.counts.replayed_tokens += ids.numel()
         if prompts is not None and all(prompt in self.prompts for prompt in prompts):
             self.counts.prompt_tokens_reused += sum(splits)
-            return (), self._labelled_parts(ids, mask, keys, known, prompts, splits, kwargs)
+            return (), self._labelled_parts(ids, keys, known, prompts, splits, kwargs)
         self._replay = self._stacked(known, ids.shape[1])
         return self._capturing(prompts, splits, args, kwargs)
 
@@ -245,12 +243,14 @@ class BelowSiteCache:
             self.prompts[prompt] = kept
             total += kept.nbytes
 
-    def _labelled_parts(self, ids: torch.Tensor, mask: torch.Tensor, keys: list[RowKey], states: list[torch.Tensor],
+    def _labelled_parts(self, ids: torch.Tensor, keys: list[RowKey], states: list[torch.Tensor],
                         prompts: list[RowKey], splits: list[int], kwargs: dict) -> dict:
         """The stack's arguments for a pass over each row's labelled part, on top of its kept prompt:
         prompts left-padded in the KV cache, labelled parts right-padded after them, position ids
         and steered tokens as in the full pass."""
         positions = self._site_positions()
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
         kept = [self.prompts[prompt] for prompt in prompts]
         ends = [len(key[0]) for key in keys]
         rows, prompt_width = len(kept), max(splits)
