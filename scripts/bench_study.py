@@ -1,7 +1,7 @@
 """Study scoring cost: the site-cache engine against the plain path, in one process.
 
     OMP_NUM_THREADS=1 python scripts/bench_study.py [--quick] [--threads 1] [--rounds 3] [--positions all]
-    OMP_NUM_THREADS=1 python scripts/bench_study.py --trained [--train-items 8] [--epochs 2] [--rounds 3]
+    OMP_NUM_THREADS=1 python scripts/bench_study.py --trained [--train-items 8] [--epochs 2] [--rounds 3] [--positions all]
     OMP_NUM_THREADS=1 python scripts/bench_study.py --kl [--rounds 3]
 
 SmolLM2-135M-Instruct on the bundled long-prompt set `dialogues` (prompts 150–178 tokens, replies
@@ -26,8 +26,8 @@ items (about the full point's ratio of candidate to test work). The full run is 
 `sweep_speedup=X point_speedup=Y` (Y: per point, records shared). Both checks also print the
 largest difference in log-probs.
 
-`--trained` times a trained-vector point instead (steer-dpo): a vector trained with DPO at block 14
-on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
+`--trained` times a trained-vector point instead (steer-dpo, steering `--positions`): a vector
+trained with DPO at block 14 on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
 default [1, 2] on 16 validation items, the chosen one scored on `--test-items` test items. Plain =
 the path before: every block run in every training pass, TRL's LM head scoring every position,
 reference log-probs recomputed every step and each multiplier scored attached; fast = the study's
@@ -124,7 +124,7 @@ def compare(name: str, rounds: int, plain, fast) -> tuple[float, float]:
 
 
 def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast: bool, epochs: int,
-                  batch_size: int) -> torch.Tensor:
+                  batch_size: int, positions: str) -> torch.Tensor:
     """Train a steer-dpo vector, choose its multiplier on validation, score the test items: the margins.
 
     The fast path is a study's: validation and test replayed from base records kept in a study
@@ -135,10 +135,10 @@ def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast:
         "steerft.training.fused_head_on_labels_only", contextlib.nullcontext)  # TRL's own CPU head
     with tempfile.TemporaryDirectory() as scratch, every_position:
         trained = fit(copy.deepcopy(model), tokenizer, training_rows("dpo", train_items, fmt), method="dpo",
-                      peft_config=SteerConfig(layers=[TRAINED_LAYER]), cache_below_site=fast,
+                      peft_config=SteerConfig(layers=[TRAINED_LAYER], positions=positions), cache_below_site=fast,
                       args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=4, seed=0,
                                 disable_tqdm=True, logging_steps=1000, precompute_ref_log_probs=fast)).eval()
-    config = SimpleNamespace(positions="all", select_caps={}, eval=SimpleNamespace(batch_size=batch_size))
+    config = SimpleNamespace(positions=positions, select_caps={}, eval=SimpleNamespace(batch_size=batch_size))
     ctx = StudyContext(config, model, tokenizer, StudyData(train_items, val_items, test_items, None), [], [], [], [],
                        [TRAINED_LAYER], [TRAINED_LAYER])
     if fast:
@@ -246,11 +246,13 @@ def main() -> None:
         return
     if args.trained:
         train, val, test = items[-args.train_items:], items[:16], items[16: 16 + args.test_items]
-        print(f"threads={args.threads} rounds={args.rounds} steer-dpo at block {TRAINED_LAYER}: {len(train)} items x "
+        print(f"threads={args.threads} rounds={args.rounds} positions={args.positions} "
+              f"steer-dpo at block {TRAINED_LAYER}: {len(train)} items x "
               f"{args.epochs} epochs, multipliers {TRAINED_MULTIPLIERS} on {len(val)} validation items, "
               f"{len(test)} test items", flush=True)
         run = lambda fast: trained_point(model, tokenizer, train, val, test,  # noqa: E731
-                                         fast=fast, epochs=args.epochs, batch_size=args.batch_size)
+                                         fast=fast, epochs=args.epochs, batch_size=args.batch_size,
+                                         positions=args.positions)
         speedup = compare("trained point", args.rounds, lambda: run(False), lambda: run(True))
         print(f"trained_point_speedup={speedup[0] / speedup[1]:.2f}")
         return
