@@ -27,8 +27,9 @@ items (about the full point's ratio of candidate to test work). The full run is 
 largest difference in log-probs.
 
 `--trained` times a trained-vector point instead (steer-dpo, steering `--positions`): a vector
-trained with DPO at block 14 on `--train-items` items for `--epochs` epochs (batch 4), its multiplier chosen among the study's
-default [1, 2] on 16 validation items, the chosen one scored on `--test-items` test items. Plain =
+trained with DPO at block 14 on `--train-items` items for `--epochs` epochs (batch 4), its
+multiplier chosen among the study's default [1, 2] on 16 validation items, the chosen one scored
+on `--test-items` test items. Plain =
 the path before: every block run in every training pass, TRL's LM head scoring every position,
 reference log-probs recomputed every step and each multiplier scored attached; fast = the study's
 path now: the blocks below block 14 run once per row (`BelowSiteCache`), the LM head on labelled

@@ -66,8 +66,8 @@ def _trl_run(arch: str, method: str, cache: bool, tmp_path, positions: str = "al
     items = training_subset(split_items(load_behaviour("sentiment").items, 0).train, 6, 0)
     trained, budget = fit_measured(model, tokenizer, training_rows(method, items, PromptFormatter(tokenizer)),
                                    method=method, peft_config=SteerConfig(layers=[SITE], positions=positions),
-                                   args={"output_dir": str(tmp_path), "num_train_epochs": 2, "per_device_train_batch_size": 2,
-                                         "learning_rate": 0.05, "use_cpu": True, "bf16": False},
+                                   args={"output_dir": str(tmp_path), "num_train_epochs": 2, "use_cpu": True,
+                                         "bf16": False, "per_device_train_batch_size": 2, "learning_rate": 0.05},
                                    callbacks=[losses], cache_below_site=cache)
     return trained.get_vectors()[SITE], losses.losses, budget, runs.calls
 

@@ -13,12 +13,12 @@ count is part of the key), and the masked columns after it, which no real token 
 zeros in the replay; a pass with a label on one of them falls back. TRL's SFT and DPO collators
 pad on the right and label no pad column, so a row's states do not depend on its batch, and rows
 hit the cache whatever the epoch's shuffle. A pass the cache cannot vouch for runs the full model,
-unchanged: position ids or embeddings given, a KV cache in use, hidden states or attentions
-requested, dropout or a trainable parameter or another adapter's module below L (or in the stack's
-other modules, the final norm included), an enabled steer layer below L, no steer layer at L,
-mixed-adapter rows, or gradient checkpointing. Labels are seen as the steer adapter sees them, through
-the PeftModel's forward (TRL passes them there); a caller that hands labels to the bare model instead
-must not place one after a row's last real token.
+unchanged: position ids or embeddings given, a KV cache in use, hidden states, attentions or
+router logits requested, dropout or a trainable parameter or another adapter's module below L (or
+in the stack's other modules, the final norm included), an enabled steer layer below L, no steer
+layer at L, mixed-adapter rows, or gradient checkpointing. Labels are seen as the steer adapter
+sees them, through the PeftModel's forward (TRL passes them there); a caller that hands labels to
+the bare model instead must not place one after a row's last real token.
 
 Memory: one (tokens, hidden size) tensor per distinct row, e.g. 256 x 576 float32 = 0.6 MB for
 SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
@@ -34,7 +34,8 @@ embeddings and cache classes, position ids kept as they were. The stack's output
 together at the pass's full width. Prompts cost about 2 x (blocks above L) x key/value width x
 prompt tokens each, e.g. 4 MB for a 165-token prompt at block 14 of SmolLM2-135M; new prompts stop
 being kept at `prompt_bytes` (rows with one then run every column above the site, as before), and
-a model whose cache keeps fewer columns than a pass (a sliding window shorter than the rows) keeps none.
+a model whose cache keeps fewer columns than a pass (a sliding window shorter than the rows) keeps
+none.
 """
 
 from __future__ import annotations
@@ -269,9 +270,9 @@ class BelowSiteCache:
         positions.pending_completion = steered
         self._replay = hidden
         self._unfold = _Unfold(splits, ends, ids.shape[1], [prompt.output for prompt in kept])
+        columns = torch.tensor(splits, device=ids.device)[:, None] + torch.arange(width, device=ids.device)
         return {**kwargs, "input_ids": part_ids, "attention_mask": torch.cat([prompt_mask, part_mask], dim=1),
-                self._cache_arg: self._prompt_cache(kept, prompt_width),
-                "position_ids": torch.tensor(splits, device=ids.device)[:, None] + torch.arange(width, device=ids.device)}
+                "position_ids": columns, self._cache_arg: self._prompt_cache(kept, prompt_width)}
 
     def _prompt_cache(self, kept: list[_Prompt], width: int) -> DynamicCache:
         """A KV cache holding the prompts left-padded to `width`, as a prefill over them would leave it:
@@ -358,7 +359,9 @@ class BelowSiteCache:
         return (all(kwargs.get(name) is None for name in unset)
                 and kwargs.get("use_cache", getattr(config, "use_cache", False)) is False
                 and not kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False))
-                and not kwargs.get("output_attentions", getattr(config, "output_attentions", False)))
+                and not kwargs.get("output_attentions", getattr(config, "output_attentions", False))
+                # a mixture of experts' router logits (its auxiliary loss) come from every block and column
+                and not kwargs.get("output_router_logits", getattr(config, "output_router_logits", False)))
 
     def _model_allows(self, ends: torch.Tensor) -> bool:
         """Nothing below the site may change during the run, nor be random, nor steer mixed rows, and
