@@ -86,8 +86,9 @@ def test_trl_training_with_the_cache_equals_training_without(arch, method, posit
     assert ran == 3 * SITE and plain_ran > ran
     assert budget.tokens_replayed == (budget.tokens_forward // 2 if method == "sft" else budget.tokens_backward)
     assert plain_budget.tokens_replayed == plain_budget.tokens_prompt_reused == 0
-    # Steering completions only, the prompts of the replayed passes ran no block at all.
-    assert (budget.tokens_prompt_reused > 0) is (positions == "completion")
+    # Prompt positions that ran no block: steering completions only, every replayed pass's prompts (kept);
+    # with DPO, a pair's prompt runs once for its chosen and rejected rows whatever the positions.
+    assert (budget.tokens_prompt_reused > 0) is (positions == "completion" or method == "dpo")
     assert (budget.tokens_forward, budget.tokens_backward) == (plain_budget.tokens_forward, plain_budget.tokens_backward)
 
 
@@ -385,34 +386,59 @@ def _trainable_above(peft_model):
     block_list(peft_model.get_base_model())[3].mlp.down_proj.weight.requires_grad_(True)
 
 
-@pytest.mark.parametrize("case", ["all positions", "lora above", "trainable above", "steer_mask", "no room"])
-def test_prompts_that_can_change_or_do_not_fit_are_run_every_pass_and_train_alike(case):
-    model, tokenizer = _model("llama")
+def _shared_prompt_tokens(batch: dict) -> int:
+    """Prompt positions of a batch's rows beyond one run of each distinct prompt (ids and mask up to the first label)."""
+    prompts = [(tuple(ids[:split].tolist()), tuple(mask[:split].tolist())) for ids, mask, split in
+               zip(batch["input_ids"], batch["attention_mask"], (batch["labels"] != -100).int().argmax(-1).tolist())]
+    return sum(len(ids) for ids, _ in prompts) - sum(len(ids) for ids, _ in set(prompts))
+
+
+@pytest.mark.parametrize("case", ["all positions", "lora above", "trainable above", "no room", "narrow window"])
+def test_prompts_that_can_change_or_do_not_fit_run_once_per_pass_for_the_rows_sharing_them(case):
+    """Not kept across passes, each distinct prompt still runs once for every row of the pass that has it;
+    a sliding window shorter than the rows keeps no prompts either (its cache holds the window's last columns)."""
+    arch = "gemma3" if case == "narrow window" else "llama"
+
+    def make():
+        model, tokenizer = _model(arch)
+        if case == "narrow window":
+            model.config.sliding_window = 8
+        return model, tokenizer
+
+    model, tokenizer = make()
     batches = _prompted_batches(tokenizer, "right")
     positions = "all" if case == "all positions" else "completion"
     change = {"lora above": _lora_above, "trainable above": _trainable_above}.get(case)
-    if case == "steer_mask":  # an explicit mask steering the prompts too
-        batches = [{**b, "steer_mask": b["attention_mask"].bool()} for b in batches]
     room = 0 if case == "no room" else PROMPT_BYTES
     cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE, prompt_bytes=room), positions=positions,
                   change=change)
-    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext(), positions=positions, change=change)
+    plain = _sgd(make()[0], batches, lambda m: contextlib.nullcontext(), positions=positions, change=change)
     _assert_same_training(cached, plain)
-    assert cached[2].counts.replayed_passes > 0 and cached[2].counts.prompt_tokens_reused == 0
+    counts, shared = cached[2].counts, sum(_shared_prompt_tokens(b) for b in batches[2:])
+    assert counts.replayed_passes == len(batches) - 2 and 0 < shared < sum(_first_labels(b) for b in batches[2:])
+    assert counts.prompt_tokens_reused == shared
 
 
-def test_a_sliding_window_shorter_than_the_rows_keeps_no_prompts_and_trains_alike():
-    """Its KV cache keeps only the window's last columns, so there are no whole prompts to keep."""
-
-    model, tokenizer = _model("gemma3")
-    model.config.sliding_window = 8
-    batches = _prompted_batches(tokenizer, "right")
+def test_an_explicit_steer_mask_runs_every_row_whole_and_trains_alike():
+    """It may steer rows with one prompt differently, so their prompts are neither kept nor shared."""
+    model, tokenizer = _model("llama")
+    batches = [{**b, "steer_mask": b["attention_mask"].bool()} for b in _prompted_batches(tokenizer, "right")]
     cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE), positions="completion")
-    plain_model = _model("gemma3")[0]
-    plain_model.config.sliding_window = 8
-    plain = _sgd(plain_model, batches, lambda m: contextlib.nullcontext(), positions="completion")
+    plain = _sgd(_model("llama")[0], batches, lambda m: contextlib.nullcontext(), positions="completion")
     _assert_same_training(cached, plain)
     assert cached[2].counts.replayed_passes == len(batches) - 2 and cached[2].counts.prompt_tokens_reused == 0
+
+
+def test_dropout_above_the_site_shares_no_prompt_pass():
+    """Rows would draw their own dropout masks over a prompt, so it is not run once for them."""
+    model, tokenizer = tiny_model("gpt2", n_layers=4)
+    for block in block_list(model)[:SITE]:
+        for module in block.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    model.transformer.drop.p = 0.0
+    _, _, cache = _sgd(model, _prompted_batches(tokenizer, "right"), lambda m: BelowSiteCache(m, SITE), positions="all")
+    assert cache.counts.replayed_passes > 0 and cache.counts.prompt_tokens_reused == 0
 
 
 # --------------------------------------------------------------------------- TRL's fused LM head on CPU

@@ -23,19 +23,20 @@ the bare model instead must not place one after a row's last real token.
 Memory: one (tokens, hidden size) tensor per distinct row, e.g. 256 x 576 float32 = 0.6 MB for
 SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
 
-**Prompts once, too.** When every steer vector in the model acts on completion positions only (the
-labelled tokens), nothing else in the stack trains, changes or drops out, a row's columns before
-its first label -- its prompt -- are the base model's at every block. So the cache also keeps each
-distinct prompt's keys and values at block L and above and the stack's output there (the first
-pass over a row captures them through a KV cache), and a pass whose rows and prompts are all known
-runs only the labelled part of each row (from the first label to the last real token) through
-blocks L and above, on top of the prompts' keys and values: the model's own masks, rotary
-embeddings and cache classes, position ids kept as they were. The stack's output is then put back
-together at the pass's full width. Prompts cost about 2 x (blocks above L) x key/value width x
-prompt tokens each, e.g. 4 MB for a 165-token prompt at block 14 of SmolLM2-135M; new prompts stop
-being kept at `prompt_bytes` (rows with one then run every column above the site, as before), and
-a model whose cache keeps fewer columns than a pass (a sliding window shorter than the rows) keeps
-none.
+**Prompts once, too.** Rows that share a prompt (a DPO pair's chosen and rejected rows) compute
+it alike, so a replaying pass runs each distinct prompt once, left-padded, from the site up, and
+then each row's labelled part (from its first label to its last real token) on top of its
+prompt's keys and values, right-padded: the model's own masks, rotary embeddings and cache classes
+(a sliding window's included), position ids as in the full pass; the stack's output is put back
+together at the pass's full width, and gradients reach the vector through both. When every steer
+vector acts on completion positions only (the labelled tokens) and nothing else in the stack
+trains, adapts or drops out, a prompt is the base model's at every block and every step: the first
+pass over it keeps its keys and values from block L up and the stack's output there (through a KV
+cache), and later passes run only the labelled parts. Kept prompts cost about 2 x (blocks from L)
+x key/value width x tokens each, e.g. 4 MB for a 165-token prompt at block 14 of SmolLM2-135M; new
+ones stop being kept at `prompt_bytes`, and a model whose cache keeps fewer columns than the pass
+(a sliding window shorter than the rows) keeps none. Prompts are not shared while dropout is on
+in the stack (rows would draw their own masks) nor under an explicit `steer_mask`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ PROMPT_BYTES = 2 * 2**30
 class ReplayCounts:
     """What the cache did: passes that ran the full model, passes served from the cache, the token
     positions (padding included) of the served ones, whose blocks below the site did not run, and
-    the prompt positions among them that ran no block at all."""
+    the prompt positions among them that ran no block at all (kept from an earlier pass, or run once
+    for another row of the pass with the same prompt)."""
 
     full_passes: int = 0
     replayed_passes: int = 0
@@ -88,14 +90,16 @@ class _Prompt:
 
 
 @dataclass
-class _Unfold:
-    """How to put a pass over the labelled parts back at full width: where each row's part starts
-    and ends, the pass's width, and each row's prompt output."""
+class _Split:
+    """A pass to run as each row's labelled part (from its first label to its last real token) on top
+    of its prompt, each distinct prompt once: kept from an earlier pass, or run first in this one."""
 
-    splits: list[int]
-    ends: list[int]
-    width: int
-    prompts: list[torch.Tensor]
+    keys: list[RowKey]
+    states: list[torch.Tensor]  # each row's states entering the site
+    prompts: list[RowKey]
+    splits: list[int]  # each row's first labelled column
+    labelled: torch.Tensor  # the pass's labelled columns (the steer layers' completion positions)
+    kept: bool
 
 
 class BelowSiteCache:
@@ -126,7 +130,7 @@ class BelowSiteCache:
         self._pending: list[RowKey] | None = None  # a filling pass: the rows to store from block L-1's output
         self._replay: torch.Tensor | None = None  # a replaying pass: what the blocks below hand to block L
         self._capture: tuple[DynamicCache, list[RowKey], list[int]] | None = None  # prompts to keep from this pass
-        self._unfold: _Unfold | None = None  # a pass over the labelled parts only
+        self._split: _Split | None = None  # a pass over the labelled parts only
         self._handles: list = []
         self._own_forwards: list[tuple[nn.Module, Callable | None]] = []
 
@@ -140,15 +144,17 @@ class BelowSiteCache:
         for block in self.blocks[: self.layer]:
             self._own_forwards.append((block, block.__dict__.get("forward")))
             block.forward = self._skippable(block.forward)
+        self._own_forwards.append((self.stack, self.stack.__dict__.get("forward")))
+        self.stack.forward = self._splittable(self.stack.forward)
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
-        for block, own in self._own_forwards:
-            del block.forward
+        for module, own in self._own_forwards:
+            del module.forward
             if own is not None:
-                block.forward = own
+                module.forward = own
         self._handles, self._own_forwards, self.rows, self.prompts = [], [], {}, {}
         self._forget_pass()
 
@@ -158,8 +164,14 @@ class BelowSiteCache:
 
         return forward_or_replay
 
+    def _splittable(self, forward: Callable) -> Callable:
+        def forward_or_split(*args, **kwargs):
+            return forward(*args, **kwargs) if self._split is None else self._split_pass(forward, args, kwargs)
+
+        return forward_or_split
+
     def _forget_pass(self) -> None:
-        self._pending = self._replay = self._capture = self._unfold = None
+        self._pending = self._replay = self._capture = self._split = None
 
     # ------------------------------------------------------------------ one pass of the block stack
 
@@ -172,29 +184,28 @@ class BelowSiteCache:
             return None
         splits = self._prompt_splits(len(keys))
         prompts = None if splits is None else [(key[0][:split], key[1][:split]) for key, split in zip(keys, splits)]
+        keepable = prompts is not None and self._only_completions_change()
         known = [self.rows.get(key) for key in keys]
         if any(states is None for states in known):
             self._pending = keys
             self.counts.full_passes += 1
-            return self._capturing(prompts, splits, args, kwargs)
+            return self._capturing(prompts, splits, args, kwargs) if keepable else None
         self.counts.replayed_passes += 1
         self.counts.replayed_tokens += ids.numel()
-        if prompts is not None and all(prompt in self.prompts for prompt in prompts):
-            self.counts.prompt_tokens_reused += sum(splits)
-            return (), self._labelled_parts(ids, keys, known, prompts, splits, kwargs)
-        self._replay = self._stacked(known, ids.shape[1])
-        return self._capturing(prompts, splits, args, kwargs)
-
-    def _end_pass(self, module: nn.Module, args: tuple, output):
-        try:
-            if output is None:  # the pass raised
-                return None
-            if self._capture is not None:
-                self._keep_prompts(output)
-            if self._unfold is not None:
-                output.last_hidden_state = self._unfolded(output.last_hidden_state)
-                return output
+        kept = keepable and all(prompt in self.prompts for prompt in prompts)
+        if kept or (prompts is not None and len(set(prompts)) < len(prompts) and self._prompts_shared_alike()):
+            labelled = self._site_positions().pending_completion.to(ids.device)
+            self._split = _Split(keys, known, prompts, splits, labelled, kept)
+            run = 0 if kept else sum(len(prompt[0]) for prompt in set(prompts))
+            self.counts.prompt_tokens_reused += sum(splits) - run
             return None
+        self._replay = _right_aligned(known, ids.shape[1])  # zeros in the masked columns after a row's text
+        return self._capturing(prompts, splits, args, kwargs) if keepable else None
+
+    def _end_pass(self, module: nn.Module, args: tuple, output) -> None:
+        try:
+            if output is not None and self._capture is not None:  # None: the pass raised
+                self._keep_prompts(output)
         finally:
             self._forget_pass()
 
@@ -206,19 +217,11 @@ class BelowSiteCache:
             self.rows.setdefault(key, hidden[row, : len(key[0])].clone())
         self._pending = None
 
-    @staticmethod
-    def _stacked(states: list[torch.Tensor], width: int) -> torch.Tensor:
-        """Block L's input: each row's cached columns, zeros in the masked columns after its last real token."""
-        stacked = states[0].new_zeros((len(states), width, states[0].shape[-1]))
-        for row, row_states in enumerate(states):
-            stacked[row, : len(row_states)] = row_states
-        return stacked
+    # ------------------------------------------------------------------ prompts kept across passes
 
-    # ------------------------------------------------------------------ prompts run once
-
-    def _capturing(self, prompts: list[RowKey] | None, splits: list[int] | None, args: tuple, kwargs: dict):
+    def _capturing(self, prompts: list[RowKey], splits: list[int], args: tuple, kwargs: dict):
         """Run this pass with a fresh KV cache when it can leave prompts worth keeping."""
-        if prompts is None or self._prompt_total() >= self.prompt_bytes or all(p in self.prompts for p in prompts):
+        if self._prompt_total() >= self.prompt_bytes or all(p in self.prompts for p in prompts):
             return None
         cache = DynamicCache(config=self.model.config)
         self._capture = (cache, prompts, splits)
@@ -244,39 +247,73 @@ class BelowSiteCache:
             self.prompts[prompt] = kept
             total += kept.nbytes
 
-    def _labelled_parts(self, ids: torch.Tensor, keys: list[RowKey], states: list[torch.Tensor],
-                        prompts: list[RowKey], splits: list[int], kwargs: dict) -> dict:
-        """The stack's arguments for a pass over each row's labelled part, on top of its kept prompt:
-        prompts left-padded in the KV cache, labelled parts right-padded after them, position ids
-        and steered tokens as in the full pass."""
-        positions = self._site_positions()
+    # ------------------------------------------------------------------ a pass over the labelled parts
+
+    def _split_pass(self, forward: Callable, args: tuple, kwargs: dict):
+        """Each distinct prompt once (kept, or run first here, left-padded), then each row's labelled
+        part right-padded on top of its prompt's keys and values, position ids and steered tokens as
+        in the full pass; the stack's output put back together at the pass's full width."""
+        split = self._split
+        kwargs = dict(kwargs)
+        ids = kwargs.pop("input_ids") if "input_ids" in kwargs else args[0]
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
-        kept = [self.prompts[prompt] for prompt in prompts]
-        ends = [len(key[0]) for key in keys]
-        rows, prompt_width = len(kept), max(splits)
-        width = max(end - split for split, end in zip(splits, ends))
-        part_ids, part_mask = ids.new_zeros((rows, width)), mask.new_zeros((rows, width))
-        prompt_mask = mask.new_zeros((rows, prompt_width))
-        steered = torch.zeros((rows, width), dtype=torch.bool, device=ids.device)
-        hidden = states[0].new_zeros((rows, width, states[0].shape[-1]))
-        labelled = positions.pending_completion.to(ids.device)
-        for row, (split, end) in enumerate(zip(splits, ends)):
-            part_ids[row, : end - split] = ids[row, split:end]
-            part_mask[row, : end - split] = mask[row, split:end]
-            prompt_mask[row, prompt_width - split:] = mask[row, :split]
-            steered[row, : end - split] = labelled[row, split:end]
-            hidden[row, : end - split] = states[row][split:end]
-        positions.pending_completion = steered
-        self._replay = hidden
-        self._unfold = _Unfold(splits, ends, ids.shape[1], [prompt.output for prompt in kept])
-        columns = torch.tensor(splits, device=ids.device)[:, None] + torch.arange(width, device=ids.device)
-        return {**kwargs, "input_ids": part_ids, "attention_mask": torch.cat([prompt_mask, part_mask], dim=1),
-                "position_ids": columns, self._cache_arg: self._prompt_cache(kept, prompt_width)}
+        distinct = list(dict.fromkeys(split.prompts))
+        first_row = {prompt: split.prompts.index(prompt) for prompt in distinct}
+        group = torch.tensor([distinct.index(prompt) for prompt in split.prompts], device=ids.device)
+        width = max(split.splits)
+        prompt_mask = _left_aligned([mask[first_row[p], : len(p[0])] for p in distinct], width)
+        if split.kept:
+            cache, prompt_out = self._kept_prompts(distinct, width)
+        else:
+            cache = DynamicCache(config=self.model.config)
+            prompt_out = self._run_prompts(forward, kwargs, ids, prompt_mask, distinct, first_row, split, cache)
+        cache.batch_select_indices(group)
 
-    def _prompt_cache(self, kept: list[_Prompt], width: int) -> DynamicCache:
-        """A KV cache holding the prompts left-padded to `width`, as a prefill over them would leave it:
-        zeros in the blocks below the site, which do not run."""
+        ends = [len(key[0]) for key in split.keys]
+        parts = [(start, end) for start, end in zip(split.splits, ends)]
+        part_ids = _right_aligned([ids[row, start:end] for row, (start, end) in enumerate(parts)])
+        part_mask = _right_aligned([mask[row, start:end] for row, (start, end) in enumerate(parts)])
+        steered = _right_aligned([split.labelled[row, start:end] for row, (start, end) in enumerate(parts)])
+        self._replay = _right_aligned([split.states[row][start:end] for row, (start, end) in enumerate(parts)])
+        columns = torch.tensor(split.splits, device=ids.device)[:, None] + torch.arange(part_ids.shape[1],
+                                                                                          device=ids.device)
+        self._begin_positions(steered, width)
+        output = forward(**{**kwargs, "input_ids": part_ids, "position_ids": columns, self._cache_arg: cache,
+                            "attention_mask": torch.cat([prompt_mask[group], part_mask], dim=1)})
+        self._replay = None
+        full = []
+        for row, ((start, end), index) in enumerate(zip(parts, group.tolist())):
+            after = output.last_hidden_state.new_zeros((ids.shape[1] - end, output.last_hidden_state.shape[-1]))
+            full.append(torch.cat([prompt_out[index, width - start:].to(after.dtype),
+                                   output.last_hidden_state[row, : end - start], after]))
+        output.last_hidden_state = torch.stack(full)
+        return output
+
+    def _run_prompts(self, forward: Callable, kwargs: dict, ids: torch.Tensor, prompt_mask: torch.Tensor,
+                     distinct: list[RowKey], first_row: dict[RowKey, int], split: _Split,
+                     cache: DynamicCache) -> torch.Tensor:
+        """One pass over the distinct prompts, left-padded, from the site up (their states entering it
+        kept per row), filling `cache`; the blocks below get zeros there. Returns the stack's output."""
+        width = prompt_mask.shape[1]
+        prompt_ids = _left_aligned([ids[first_row[p], : len(p[0])] for p in distinct], width)
+        self._replay = _left_aligned([split.states[first_row[p]][: len(p[0])] for p in distinct], width)
+        columns = (torch.arange(width, device=ids.device)
+                   - torch.tensor([width - len(p[0]) for p in distinct], device=ids.device)[:, None]).clamp(min=0)
+        self._begin_positions(torch.zeros_like(prompt_mask, dtype=torch.bool), 0)
+        output = forward(**{**kwargs, "input_ids": prompt_ids, "attention_mask": prompt_mask, "position_ids": columns,
+                            self._cache_arg: cache})
+        self._replay = None
+        site = cache.layers[self.layer].keys
+        below = site.new_zeros((len(distinct), site.shape[1], width, site.shape[-1]))
+        for block in range(self.layer):
+            cache.update(below, below, block)
+        return output.last_hidden_state
+
+    def _kept_prompts(self, distinct: list[RowKey], width: int) -> tuple[DynamicCache, torch.Tensor]:
+        """A KV cache holding the kept prompts left-padded to `width`, as a pass over them would leave
+        it (zeros in the blocks below the site, which do not run), and their stack outputs."""
+        kept = [self.prompts[prompt] for prompt in distinct]
         cache = DynamicCache(config=self.model.config)
         first = kept[0].keys[0]
         below = first.new_zeros((len(kept), first.shape[0], width, first.shape[-1]))
@@ -284,19 +321,16 @@ class BelowSiteCache:
             if block < self.layer:
                 cache.update(below, below, block)
                 continue
-            keys, values = (_left_padded([getattr(p, name)[block - self.layer] for p in kept], width)
-                            for name in ("keys", "values"))
+            keys, values = (_left_aligned([getattr(p, name)[block - self.layer].transpose(0, 1) for p in kept],
+                                          width).transpose(1, 2) for name in ("keys", "values"))
             cache.update(keys, values, block)
-        return cache
+        return cache, _left_aligned([prompt.output for prompt in kept], width)
 
-    def _unfolded(self, parts: torch.Tensor) -> torch.Tensor:
-        """The stack's output at the pass's full width: kept prompt outputs, the labelled parts, zeros after."""
-        unfold = self._unfold
-        rows = []
-        for row, (split, end, prompt) in enumerate(zip(unfold.splits, unfold.ends, unfold.prompts)):
-            after = parts.new_zeros((unfold.width - end, parts.shape[-1]))
-            rows.append(torch.cat([prompt.to(parts.dtype), parts[row, : end - split], after]))
-        return torch.stack(rows)
+    def _begin_positions(self, steered: torch.Tensor, past: int) -> None:
+        """What the steer layers' positions hook does at the start of a pass, for a pass run from here."""
+        positions = self._site_positions()
+        positions.pending_completion = steered
+        positions.begin_forward(steered.shape[0], steered.shape[1], past, steered.device)
 
     # ------------------------------------------------------------------ when the cache may serve a pass
 
@@ -304,16 +338,19 @@ class BelowSiteCache:
         return self.blocks[self.layer].steer._positions
 
     def _prompt_splits(self, rows: int) -> list[int] | None:
-        """Each row's first labelled column when this pass may reuse prompts, else None: every row has
-        a prompt and a label, and nothing but completion-position steering changes the model."""
+        """Each row's first labelled column, or None: a pass without labels, a row without one or without a
+        prompt before it, or an explicit steer mask (which may steer rows with one prompt differently)."""
         positions = self._site_positions()
         labelled = positions.pending_completion
-        if labelled is None or positions.pending_override is not None or not self._only_completions_change():
-            return None
-        if not bool(labelled.any(-1).all()):
+        if labelled is None or positions.pending_override is not None or not bool(labelled.any(-1).all()):
             return None
         splits = labelled.int().argmax(-1)  # the first labelled column
         return splits.tolist() if bool((splits > 0).all()) and len(splits) == rows else None
+
+    def _prompts_shared_alike(self) -> bool:
+        """Whether rows with one prompt compute it alike, so it can run once for all of them: nothing
+        in the stack draws random numbers (dropout while training)."""
+        return not (self.stack.training and any(_drops_out(module) for module in self.stack.modules()))
 
     def _only_completions_change(self) -> bool:
         """Whether the prompts' states are the base model's in every pass: steer layers act on
@@ -387,13 +424,24 @@ class BelowSiteCache:
         return not any(p.requires_grad for module in below for p in module.parameters(recurse=False))
 
 
-def _left_padded(per_row: list[torch.Tensor], width: int) -> torch.Tensor:
-    """(rows, heads, width, head size): each row's (heads, tokens, head size) keys or values, zeros before them."""
+def _left_aligned(per_row: list[torch.Tensor], width: int) -> torch.Tensor:
+    """(rows, width, ...): each row's (length, ...) tensor at the end, zeros before it."""
     first = per_row[0]
-    padded = first.new_zeros((len(per_row), first.shape[0], width, first.shape[-1]))
-    for row, states in enumerate(per_row):
-        padded[row, :, width - states.shape[1]:] = states
-    return padded
+    aligned = first.new_zeros((len(per_row), width, *first.shape[1:]))
+    for row, values in enumerate(per_row):
+        aligned[row, width - len(values):] = values
+    return aligned
+
+
+def _right_aligned(per_row: list[torch.Tensor], width: int | None = None) -> torch.Tensor:
+    """(rows, width, ...): each row's (length, ...) tensor at the start, zeros after it; `width`
+    defaults to the longest row."""
+    first = per_row[0]
+    width = max(len(values) for values in per_row) if width is None else width
+    aligned = first.new_zeros((len(per_row), width, *first.shape[1:]))
+    for row, values in enumerate(per_row):
+        aligned[row, : len(values)] = values
+    return aligned
 
 
 def _labels_after(labelled: torch.Tensor, ends: torch.Tensor) -> bool:
