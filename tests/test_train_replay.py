@@ -353,10 +353,14 @@ class TopBlockWidths:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_steering_completions_runs_each_prompt_once_and_trains_alike(arch, padding_side):
+@pytest.mark.parametrize("positions", ["completion", "all"])
+def test_prompts_run_once_and_training_stays_the_same(arch, padding_side, positions):
+    """Steering completions only, a prompt is kept from its first pass and later passes run the labelled
+    parts only; steering every position, each pass runs each distinct prompt once, then the labelled parts."""
+
     def wide(arch):
         """gemma3's sliding-window layers (and cache classes) with a window over these rows: a shorter one keeps no
-        prompts (see the next tests)."""
+        prompts (see below)."""
         model, tokenizer = _model(arch)
         if arch == "gemma3":
             model.config.sliding_window = 256
@@ -365,15 +369,25 @@ def test_steering_completions_runs_each_prompt_once_and_trains_alike(arch, paddi
     model, tokenizer = wide(arch)
     batches = _prompted_batches(tokenizer, padding_side)
     top = TopBlockWidths(model)
-    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE), positions="completion")
-    plain = _sgd(wide(arch)[0], batches, lambda m: contextlib.nullcontext(), positions="completion")
+    cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE), positions=positions)
+    plain = _sgd(wide(arch)[0], batches, lambda m: contextlib.nullcontext(), positions=positions)
     _assert_same_training(cached, plain)
     counts = cached[2].counts
     assert (counts.full_passes, counts.replayed_passes) == (2, len(batches) - 2)
-    assert counts.prompt_tokens_reused == sum(_first_labels(b) for b in batches[2:])
-    # The first epoch runs whole rows; after it, the blocks from the site up run the labelled parts only.
-    full_widths = [b["input_ids"].shape[1] for b in batches]
-    assert top.widths[:2] == full_widths[:2] and all(w < f for w, f in zip(top.widths[2:], full_widths[2:]))
+    kept = positions == "completion"
+    reused = [_first_labels(b) if kept else _shared_prompt_tokens(b) for b in batches[2:]]
+    assert counts.prompt_tokens_reused == sum(reused)
+    # Left padding puts one prompt at other columns (positions) in rows of other lengths: nothing to share there.
+    assert (sum(reused) > 0) is (kept or padding_side == "right")
+    # The first epoch runs whole rows. After it, the last block runs each split pass's distinct prompts
+    # (unless kept) and then its labelled parts, each narrower than the batch; a batch sharing no prompt runs whole.
+    expected = [(width, width) for width in (b["input_ids"].shape[1] for b in batches[:2])]
+    for batch, saved in zip(batches[2:], reused):
+        runs = 1 if kept else 2 if saved else 1
+        expected += [(None, batch["input_ids"].shape[1]) if saved else (batch["input_ids"].shape[1],) * 2] * runs
+    assert len(top.widths) == len(expected)
+    assert all(width == exact if exact is not None else width < full
+               for width, (exact, full) in zip(top.widths, expected))
 
 
 def _lora_above(peft_model):
@@ -387,7 +401,8 @@ def _trainable_above(peft_model):
 
 
 def _shared_prompt_tokens(batch: dict) -> int:
-    """Prompt positions of a batch's rows beyond one run of each distinct prompt (ids and mask up to the first label)."""
+    """Prompt positions of a batch's rows beyond one run of each distinct prompt (ids and mask up to the first
+    label)."""
     prompts = [(tuple(ids[:split].tolist()), tuple(mask[:split].tolist())) for ids, mask, split in
                zip(batch["input_ids"], batch["attention_mask"], (batch["labels"] != -100).int().argmax(-1).tolist())]
     return sum(len(ids) for ids, _ in prompts) - sum(len(ids) for ids, _ in set(prompts))

@@ -182,7 +182,7 @@ class BelowSiteCache:
         if keys is None:
             self.counts.full_passes += 1
             return None
-        splits = self._prompt_splits(len(keys))
+        splits = self._prompt_splits(len(keys), kwargs)
         prompts = None if splits is None else [(key[0][:split], key[1][:split]) for key, split in zip(keys, splits)]
         keepable = prompts is not None and self._only_completions_change()
         known = [self.rows.get(key) for key in keys]
@@ -260,7 +260,8 @@ class BelowSiteCache:
         mask = torch.ones_like(ids) if mask is None else mask
         distinct = list(dict.fromkeys(split.prompts))
         first_row = {prompt: split.prompts.index(prompt) for prompt in distinct}
-        group = torch.tensor([distinct.index(prompt) for prompt in split.prompts], device=ids.device)
+        index = {prompt: i for i, prompt in enumerate(distinct)}
+        group = torch.tensor([index[prompt] for prompt in split.prompts], device=ids.device)
         width = max(split.splits)
         prompt_mask = _left_aligned([mask[first_row[p], : len(p[0])] for p in distinct], width)
         if split.kept:
@@ -304,10 +305,7 @@ class BelowSiteCache:
         output = forward(**{**kwargs, "input_ids": prompt_ids, "attention_mask": prompt_mask, "position_ids": columns,
                             self._cache_arg: cache})
         self._replay = None
-        site = cache.layers[self.layer].keys
-        below = site.new_zeros((len(distinct), site.shape[1], width, site.shape[-1]))
-        for block in range(self.layer):
-            cache.update(below, below, block)
+        self._zeros_below_site(cache, len(distinct), width)
         return output.last_hidden_state
 
     def _kept_prompts(self, distinct: list[RowKey], width: int) -> tuple[DynamicCache, torch.Tensor]:
@@ -315,16 +313,20 @@ class BelowSiteCache:
         it (zeros in the blocks below the site, which do not run), and their stack outputs."""
         kept = [self.prompts[prompt] for prompt in distinct]
         cache = DynamicCache(config=self.model.config)
-        first = kept[0].keys[0]
-        below = first.new_zeros((len(kept), first.shape[0], width, first.shape[-1]))
-        for block in range(len(self.blocks)):
-            if block < self.layer:
-                cache.update(below, below, block)
-                continue
+        for block in range(self.layer, len(self.blocks)):
             keys, values = (_left_aligned([getattr(p, name)[block - self.layer].transpose(0, 1) for p in kept],
                                           width).transpose(1, 2) for name in ("keys", "values"))
             cache.update(keys, values, block)
+        self._zeros_below_site(cache, len(kept), width)
         return cache, _left_aligned([prompt.output for prompt in kept], width)
+
+    def _zeros_below_site(self, cache: DynamicCache, rows: int, width: int) -> None:
+        """The blocks below the site do not run over the prompts; zeros of the prompts' width there keep
+        every layer of the cache at the length the model's masks read."""
+        site = cache.layers[self.layer].keys
+        zeros = site.new_zeros((rows, site.shape[1], width, site.shape[-1]))
+        for block in range(self.layer):
+            cache.update(zeros, zeros, block)
 
     def _begin_positions(self, steered: torch.Tensor, past: int) -> None:
         """What the steer layers' positions hook does at the start of a pass, for a pass run from here."""
@@ -337,12 +339,14 @@ class BelowSiteCache:
     def _site_positions(self):
         return self.blocks[self.layer].steer._positions
 
-    def _prompt_splits(self, rows: int) -> list[int] | None:
+    def _prompt_splits(self, rows: int, kwargs: dict) -> list[int] | None:
         """Each row's first labelled column, or None: a pass without labels, a row without one or without a
-        prompt before it, or an explicit steer mask (which may steer rows with one prompt differently)."""
+        prompt before it, an explicit steer mask (which may steer rows with one prompt differently), or
+        a caller asking for a tuple instead of the output the split pass puts back together."""
         positions = self._site_positions()
         labelled = positions.pending_completion
-        if labelled is None or positions.pending_override is not None or not bool(labelled.any(-1).all()):
+        if (labelled is None or positions.pending_override is not None or kwargs.get("return_dict") is False
+                or not bool(labelled.any(-1).all())):
             return None
         splits = labelled.int().argmax(-1)  # the first labelled column
         return splits.tolist() if bool((splits > 0).all()) and len(splits) == rows else None
