@@ -266,21 +266,26 @@ def test_inputs_embeds_run_in_full():
     _assert_same_training(cached, plain)
 
 
-def _lora_below(peft_model):
-    torch.manual_seed(0)
-    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[0], init_lora_weights=False),
-                            peft_model.get_base_model())
+def _lora_at(block: int):
+    def change(peft_model):
+        torch.manual_seed(0)
+        inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[block],
+                                           init_lora_weights=False), peft_model.get_base_model())
+    return change
 
 
-def _trainable_below(peft_model):
-    block_list(peft_model.get_base_model())[0].mlp.down_proj.weight.requires_grad_(True)
+def _trainable_at(block: int):
+    def change(peft_model):
+        block_list(peft_model.get_base_model())[block].mlp.down_proj.weight.requires_grad_(True)
+    return change
 
 
 def _checkpointing(peft_model):
     peft_model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
 
 
-@pytest.mark.parametrize("change", [_lora_below, _trainable_below, _checkpointing])
+@pytest.mark.parametrize("change", [_lora_at(0), _trainable_at(0), _checkpointing], ids=["lora", "trainable",
+                                                                                        "checkpointing"])
 def test_models_whose_lower_blocks_can_change_run_in_full_and_train_alike(change):
     model, tokenizer = _model("llama")
     batches = _batches(tokenizer, "right")
@@ -390,16 +395,6 @@ def test_prompts_run_once_and_training_stays_the_same(arch, padding_side, positi
                for width, (exact, full) in zip(top.widths, expected))
 
 
-def _lora_above(peft_model):
-    torch.manual_seed(0)
-    inject_adapter_in_model(LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3], init_lora_weights=False),
-                            peft_model.get_base_model())
-
-
-def _trainable_above(peft_model):
-    block_list(peft_model.get_base_model())[3].mlp.down_proj.weight.requires_grad_(True)
-
-
 def _shared_prompt_tokens(batch: dict) -> int:
     """Prompt positions of a batch's rows beyond one run of each distinct prompt (ids and mask up to the first
     label)."""
@@ -423,7 +418,7 @@ def test_prompts_that_can_change_or_do_not_fit_run_once_per_pass_for_the_rows_sh
     model, tokenizer = make()
     batches = _prompted_batches(tokenizer, "right")
     positions = "all" if case == "all positions" else "completion"
-    change = {"lora above": _lora_above, "trainable above": _trainable_above}.get(case)
+    change = {"lora above": _lora_at(3), "trainable above": _trainable_at(3)}.get(case)
     room = 0 if case == "no room" else PROMPT_BYTES
     cached = _sgd(model, batches, lambda m: BelowSiteCache(m, SITE, prompt_bytes=room), positions=positions,
                   change=change)
