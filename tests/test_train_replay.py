@@ -81,9 +81,10 @@ def test_trl_training_with_the_cache_equals_training_without(arch, method, posit
     assert len(losses) == 6 and vector.abs().max() > 1e-3
     assert losses == pytest.approx(plain_losses, abs=1e-5)
     torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
-    # The blocks below the site ran once per batch of the first pass over the rows only: SFT's first
-    # epoch, DPO's reference precompute (same rows), so DPO trains entirely from the cache.
-    assert ran == 3 * SITE and plain_ran > ran
+    # The blocks below the site ran in the first pass over the rows only: SFT's first epoch, DPO's
+    # reference precompute (same rows), so DPO trains entirely from the cache. A DPO batch's pairs share
+    # their prompts, so there they ran twice per batch: over the distinct prompts, then the replies.
+    assert ran == (3 if method == "sft" else 6) * SITE and plain_ran > ran
     assert budget.tokens_replayed == (budget.tokens_forward // 2 if method == "sft" else budget.tokens_backward)
     assert plain_budget.tokens_replayed == plain_budget.tokens_prompt_reused == 0
     # Prompt positions that ran no block: steering completions only, every replayed pass's prompts (kept);
@@ -380,19 +381,33 @@ def test_prompts_run_once_and_training_stays_the_same(arch, padding_side, positi
     counts = cached[2].counts
     assert (counts.full_passes, counts.replayed_passes) == (2, len(batches) - 2)
     kept = positions == "completion"
-    reused = [_first_labels(b) if kept else _shared_prompt_tokens(b) for b in batches[2:]]
+    # Prompt positions that ran no block: in each pass, those of rows sharing a prompt beyond its one run;
+    # steering completions only, every prompt of the later passes (kept from the first epoch).
+    reused = [_first_labels(b) if kept and i >= 2 else _shared_prompt_tokens(b) for i, b in enumerate(batches)]
     assert counts.prompt_tokens_reused == sum(reused)
     # Left padding puts one prompt at other columns (positions) in rows of other lengths: nothing to share there.
     assert (sum(reused) > 0) is (kept or padding_side == "right")
-    # The first epoch runs whole rows. After it, the last block runs each split pass's distinct prompts
-    # (unless kept) and then its labelled parts, each narrower than the batch; a batch sharing no prompt runs whole.
-    expected = [(width, width) for width in (b["input_ids"].shape[1] for b in batches[:2])]
-    for batch, saved in zip(batches[2:], reused):
-        runs = 1 if kept else 2 if saved else 1
-        expected += [(None, batch["input_ids"].shape[1]) if saved else (batch["input_ids"].shape[1],) * 2] * runs
+    # The last block runs a split pass as its distinct prompts (unless kept) then its labelled parts, each
+    # narrower than the batch; a pass that shares and keeps nothing runs whole rows.
+    expected = []
+    for i, (batch, saved) in enumerate(zip(batches, reused)):
+        full = batch["input_ids"].shape[1]
+        runs = 0 if not saved else 1 if kept and i >= 2 else 2
+        expected += [(None, full)] * runs if runs else [(full, full)]
     assert len(top.widths) == len(expected)
     assert all(width == exact if exact is not None else width < full
                for width, (exact, full) in zip(top.widths, expected))
+
+
+@pytest.mark.parametrize("positions", ["all", "completion"])
+def test_prompts_are_kept_only_for_an_adapter_that_steers_completions_alone(positions):
+    """DPO's reference pass runs with the adapter off, when every prompt is the base model's; keeping them
+    pays only if the adapter, once on, leaves prompts alone."""
+    model, tokenizer = _model("llama")
+    peft_model = get_peft_model(model, SteerConfig(layers=[SITE], positions=positions))
+    with torch.no_grad(), peft_model.disable_adapter(), BelowSiteCache(peft_model, SITE) as cache:
+        peft_model(**_prompted_batches(tokenizer, "right")[0], use_cache=False)
+        assert bool(cache.prompts) is (positions == "completion") and cache.counts.full_passes == 1
 
 
 def _shared_prompt_tokens(batch: dict) -> int:
@@ -424,8 +439,8 @@ def test_prompts_that_can_change_or_do_not_fit_run_once_per_pass_for_the_rows_sh
                   change=change)
     plain = _sgd(make()[0], batches, lambda m: contextlib.nullcontext(), positions=positions, change=change)
     _assert_same_training(cached, plain)
-    counts, shared = cached[2].counts, sum(_shared_prompt_tokens(b) for b in batches[2:])
-    assert counts.replayed_passes == len(batches) - 2 and 0 < shared < sum(_first_labels(b) for b in batches[2:])
+    counts, shared = cached[2].counts, sum(_shared_prompt_tokens(b) for b in batches)
+    assert counts.replayed_passes == len(batches) - 2 and 0 < shared < sum(_first_labels(b) for b in batches)
     assert counts.prompt_tokens_reused == shared
 
 

@@ -90,16 +90,27 @@ class _Prompt:
 
 
 @dataclass
+class _Place:
+    """Where a prompt lies in a pass's KV cache and output: a row and its columns."""
+
+    prompt: RowKey
+    row: int
+    start: int
+    stop: int
+
+
+@dataclass
 class _Split:
     """A pass to run as each row's labelled part (from its first label to its last real token) on top
     of its prompt, each distinct prompt once: kept from an earlier pass, or run first in this one."""
 
     keys: list[RowKey]
-    states: list[torch.Tensor]  # each row's states entering the site
+    states: list[torch.Tensor] | None  # each row's states entering the site; None: unknown, the blocks below run
     prompts: list[RowKey]
     splits: list[int]  # each row's first labelled column
     labelled: torch.Tensor  # the pass's labelled columns (the steer layers' completion positions)
-    kept: bool
+    kept: bool  # the prompts come from the kept ones
+    keep: bool  # the prompts run here may be kept
 
 
 class BelowSiteCache:
@@ -129,8 +140,9 @@ class BelowSiteCache:
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"  # transformers 5 renamed it
         self._pending: list[RowKey] | None = None  # a filling pass: the rows to store from block L-1's output
         self._replay: torch.Tensor | None = None  # a replaying pass: what the blocks below hand to block L
-        self._capture: tuple[DynamicCache, list[RowKey], list[int]] | None = None  # prompts to keep from this pass
+        self._capture: tuple[DynamicCache, list[_Place]] | None = None  # prompts to keep from this pass
         self._split: _Split | None = None  # a pass over the labelled parts only
+        self._entering: list[torch.Tensor] | None = None  # a filling split pass: each stage's states entering L
         self._handles: list = []
         self._own_forwards: list[tuple[nn.Module, Callable | None]] = []
 
@@ -171,7 +183,7 @@ class BelowSiteCache:
         return forward_or_split
 
     def _forget_pass(self) -> None:
-        self._pending = self._replay = self._capture = self._split = None
+        self._pending = self._replay = self._capture = self._split = self._entering = None
 
     # ------------------------------------------------------------------ one pass of the block stack
 
@@ -186,30 +198,35 @@ class BelowSiteCache:
         prompts = None if splits is None else [(key[0][:split], key[1][:split]) for key, split in zip(keys, splits)]
         keepable = prompts is not None and self._only_completions_change()
         known = [self.rows.get(key) for key in keys]
-        if any(states is None for states in known):
-            self._pending = keys
+        filling = any(states is None for states in known)
+        if filling:
             self.counts.full_passes += 1
-            return self._capturing(prompts, splits, args, kwargs) if keepable else None
-        self.counts.replayed_passes += 1
-        self.counts.replayed_tokens += ids.numel()
-        kept = keepable and all(prompt in self.prompts for prompt in prompts)
+        else:
+            self.counts.replayed_passes += 1
+            self.counts.replayed_tokens += ids.numel()
+        kept = not filling and keepable and all(prompt in self.prompts for prompt in prompts)
         if kept or (prompts is not None and len(set(prompts)) < len(prompts) and self._prompts_shared_alike()):
             labelled = self._site_positions().pending_completion.to(ids.device)
-            self._split = _Split(keys, known, prompts, splits, labelled, kept)
+            self._split = _Split(keys, None if filling else known, prompts, splits, labelled, kept, keepable)
             run = 0 if kept else sum(len(prompt[0]) for prompt in set(prompts))
             self.counts.prompt_tokens_reused += sum(splits) - run
             return None
-        self._replay = _right_aligned(known, ids.shape[1])  # zeros in the masked columns after a row's text
+        if filling:
+            self._pending = keys
+        else:
+            self._replay = _right_aligned(known, ids.shape[1])  # zeros in the masked columns after a row's text
         return self._capturing(prompts, splits, args, kwargs) if keepable else None
 
     def _end_pass(self, module: nn.Module, args: tuple, output) -> None:
         try:
             if output is not None and self._capture is not None:  # None: the pass raised
-                self._keep_prompts(output)
+                self._keep_prompts(*self._capture, output.last_hidden_state)
         finally:
             self._forget_pass()
 
     def _store(self, block: nn.Module, args: tuple, output) -> None:
+        if self._entering is not None:
+            self._entering.append(hidden_of(output).detach())
         if self._pending is None:
             return
         hidden = hidden_of(output).detach()
@@ -224,27 +241,28 @@ class BelowSiteCache:
         if self._prompt_total() >= self.prompt_bytes or all(p in self.prompts for p in prompts):
             return None
         cache = DynamicCache(config=self.model.config)
-        self._capture = (cache, prompts, splits)
+        self._capture = (cache, [_Place(prompt, row, 0, split)
+                                 for row, (prompt, split) in enumerate(zip(prompts, splits))])
         return args, {**kwargs, self._cache_arg: cache}
 
     def _prompt_total(self) -> int:
         return sum(prompt.nbytes for prompt in self.prompts.values())
 
-    def _keep_prompts(self, output) -> None:
-        cache, prompts, splits = self._capture
-        width = output.last_hidden_state.shape[1]
+    def _keep_prompts(self, cache: DynamicCache, places: list[_Place], output: torch.Tensor) -> None:
+        """Keep the prompts at `places` of a pass's KV cache and stack output, within `prompt_bytes`."""
         above = cache.layers[self.layer: len(self.blocks)]
-        if not all(isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.shape[-2] == width
+        if not all(isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.shape[-2] == output.shape[1]
                    for layer in above):
             return  # this cache kept fewer columns than the pass (a sliding window): nothing to reuse
         total = self._prompt_total()
-        for row, (prompt, split) in enumerate(zip(prompts, splits)):
-            if prompt in self.prompts or total >= self.prompt_bytes:
+        for place in places:
+            if place.prompt in self.prompts or total >= self.prompt_bytes:
                 continue
-            kept = _Prompt([layer.keys[row, :, :split].detach().clone() for layer in above],
-                           [layer.values[row, :, :split].detach().clone() for layer in above],
-                           output.last_hidden_state[row, :split].detach().clone())
-            self.prompts[prompt] = kept
+            columns = slice(place.start, place.stop)
+            kept = _Prompt([layer.keys[place.row, :, columns].detach().clone() for layer in above],
+                           [layer.values[place.row, :, columns].detach().clone() for layer in above],
+                           output[place.row, columns].detach().clone())
+            self.prompts[place.prompt] = kept
             total += kept.nbytes
 
     # ------------------------------------------------------------------ a pass over the labelled parts
@@ -264,11 +282,15 @@ class BelowSiteCache:
         group = torch.tensor([index[prompt] for prompt in split.prompts], device=ids.device)
         width = max(split.splits)
         prompt_mask = _left_aligned([mask[first_row[p], : len(p[0])] for p in distinct], width)
+        self._entering = None if split.states is not None else []
         if split.kept:
             cache, prompt_out = self._kept_prompts(distinct, width)
         else:
             cache = DynamicCache(config=self.model.config)
             prompt_out = self._run_prompts(forward, kwargs, ids, prompt_mask, distinct, first_row, split, cache)
+            if split.keep:
+                self._keep_prompts(cache, [_Place(p, g, width - len(p[0]), width) for g, p in enumerate(distinct)],
+                                   prompt_out)
         cache.batch_select_indices(group)
 
         ends = [len(key[0]) for key in split.keys]
@@ -276,13 +298,16 @@ class BelowSiteCache:
         part_ids = _right_aligned([ids[row, start:end] for row, (start, end) in enumerate(parts)])
         part_mask = _right_aligned([mask[row, start:end] for row, (start, end) in enumerate(parts)])
         steered = _right_aligned([split.labelled[row, start:end] for row, (start, end) in enumerate(parts)])
-        self._replay = _right_aligned([split.states[row][start:end] for row, (start, end) in enumerate(parts)])
+        if split.states is not None:
+            self._replay = _right_aligned([split.states[row][start:end] for row, (start, end) in enumerate(parts)])
         columns = torch.tensor(split.splits, device=ids.device)[:, None] + torch.arange(part_ids.shape[1],
                                                                                           device=ids.device)
         self._begin_positions(steered, width)
         output = forward(**{**kwargs, "input_ids": part_ids, "position_ids": columns, self._cache_arg: cache,
                             "attention_mask": torch.cat([prompt_mask[group], part_mask], dim=1)})
         self._replay = None
+        if split.states is None:
+            self._store_split_rows(split, parts, group.tolist(), width)
         full = []
         for row, ((start, end), index) in enumerate(zip(parts, group.tolist())):
             after = output.last_hidden_state.new_zeros((ids.shape[1] - end, output.last_hidden_state.shape[-1]))
@@ -294,19 +319,28 @@ class BelowSiteCache:
     def _run_prompts(self, forward: Callable, kwargs: dict, ids: torch.Tensor, prompt_mask: torch.Tensor,
                      distinct: list[RowKey], first_row: dict[RowKey, int], split: _Split,
                      cache: DynamicCache) -> torch.Tensor:
-        """One pass over the distinct prompts, left-padded, from the site up (their states entering it
-        kept per row), filling `cache`; the blocks below get zeros there. Returns the stack's output."""
+        """One pass over the distinct prompts, left-padded, filling `cache`: from the site up on their
+        kept states entering it (the blocks below get zeros in the cache), or through every block in a
+        filling pass. Returns the stack's output."""
         width = prompt_mask.shape[1]
         prompt_ids = _left_aligned([ids[first_row[p], : len(p[0])] for p in distinct], width)
-        self._replay = _left_aligned([split.states[first_row[p]][: len(p[0])] for p in distinct], width)
+        if split.states is not None:
+            self._replay = _left_aligned([split.states[first_row[p]][: len(p[0])] for p in distinct], width)
         columns = (torch.arange(width, device=ids.device)
                    - torch.tensor([width - len(p[0]) for p in distinct], device=ids.device)[:, None]).clamp(min=0)
         self._begin_positions(torch.zeros_like(prompt_mask, dtype=torch.bool), 0)
         output = forward(**{**kwargs, "input_ids": prompt_ids, "attention_mask": prompt_mask, "position_ids": columns,
                             self._cache_arg: cache})
-        self._replay = None
-        self._zeros_below_site(cache, len(distinct), width)
+        if split.states is not None:
+            self._replay = None
+            self._zeros_below_site(cache, len(distinct), width)
         return output.last_hidden_state
+
+    def _store_split_rows(self, split: _Split, parts: list[tuple[int, int]], group: list[int], width: int) -> None:
+        """A filling split pass: each row's states entering the site, its prompt's then its labelled part's."""
+        prompts, labelled = self._entering
+        for row, (key, (start, end), index) in enumerate(zip(split.keys, parts, group)):
+            self.rows.setdefault(key, torch.cat([prompts[index, width - start:], labelled[row, : end - start]]))
 
     def _kept_prompts(self, distinct: list[RowKey], width: int) -> tuple[DynamicCache, torch.Tensor]:
         """A KV cache holding the kept prompts left-padded to `width`, as a pass over them would leave
@@ -357,12 +391,11 @@ class BelowSiteCache:
         return not (self.stack.training and any(_drops_out(module) for module in self.stack.modules()))
 
     def _only_completions_change(self) -> bool:
-        """Whether the prompts' states are the base model's in every pass: steer layers act on
+        """Whether the prompts' states are the base model's in every pass: every steer adapter acts on
         completion positions only, and no other module in the stack trains, adapts or drops out."""
         steer = [module for module in self.stack.modules() if isinstance(module, SteerLayer)]
-        for layer in steer:
-            if layer.merged_adapters or any(config.positions != "completion"
-                                            for _, _, config in layer._active(("add", "ablate", "ablate_add"))):
+        for layer in steer:  # every adapter, active or not: prompts kept now must hold while it trains
+            if layer.merged_adapters or any(config.positions != "completion" for config in layer.settings.values()):
                 return False
         owned = {id(module) for layer in steer for module in layer.modules()}
         for module in self.stack.modules():
