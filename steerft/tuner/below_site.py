@@ -24,9 +24,9 @@ Memory: one (tokens, hidden size) tensor per distinct row, e.g. 256 x 576 float3
 SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
 
 **Prompts once, too.** Rows that share a prompt (a DPO pair's chosen and rejected rows) compute
-it alike, so a replaying pass runs each distinct prompt once, left-padded, from the site up, and
-then each row's labelled part (from its first label to its last real token) on top of its
-prompt's keys and values, right-padded: the model's own masks, rotary embeddings and cache classes
+it alike, so a pass runs each distinct prompt once, left-padded, from the site up (through every
+block in the first pass over the rows, which fills the cache), and then each row's labelled part
+(from its first label to its last real token) on top of its prompt's keys and values, right-padded: the model's own masks, rotary embeddings and cache classes
 (a sliding window's included), position ids as in the full pass; the stack's output is put back
 together at the pass's full width, and gradients reach the vector through both. When every steer
 vector acts on completion positions only (the labelled tokens) and nothing else in the stack
