@@ -23,8 +23,8 @@ its block (steerft's default) and without it (`cache_below_site=False`), and LoR
 `--rounds` rounds that run every configuration in turn.
 
 `--positions completion` gives the steer adapter `positions="completion"` (the vector acts on the
-labelled tokens only, as in CAA): its prompts are then computed once per run too
-(`BelowSiteCache`), and the table counts the prompt positions that ran no block.
+labelled tokens only, as in CAA): its prompts are then computed once per run, not only once per
+DPO pair in each pass (`BelowSiteCache`); the table counts the prompt positions that ran no block.
 
 `--whole-runs --head` times whole DPO runs of steer (cached) and LoRA with TRL's fused LM head
 scoring only the labelled positions (`steerft.training.fused_head_on_labels_only`, steerft's
@@ -136,7 +136,8 @@ def whole_run(method: str, adapter: str, rows, cache: bool | None, labels_only: 
             args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                       learning_rate=learning_rate, logging_steps=1000, seed=0, disable_tqdm=True))
     return {"seconds": budget.wall_time_s, "step_seconds": sum(timer.durations), "steps": budget.steps,
-            "replayed": budget.tokens_replayed, "prompts": budget.tokens_prompt_reused, "forward": budget.tokens_forward}
+            "replayed": budget.tokens_replayed, "prompts": budget.tokens_prompt_reused,
+            "forward": budget.tokens_forward}
 
 
 def whole_runs(items, fmt, configurations: list[tuple], *, batch_size: int, epochs: int, rounds: int) -> str:

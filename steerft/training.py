@@ -225,9 +225,9 @@ class TrainingBudget:
     is an upper bound on backward work). `tokens_replayed` counts, among `tokens_forward`, the
     positions of passes that ran only the blocks from the steered one up, the blocks below served
     from the per-row cache (`BelowSiteCache`); 0 for other adapters. `tokens_prompt_reused` counts,
-    among those, the prompt positions that ran no block at all: a steer adapter acting on completion
-    positions only leaves prompts as the base model computes them, so their keys and values were kept
-    from the first pass over them.
+    among `tokens_forward`, the prompt positions that ran no block at all: a prompt run once for the
+    rows of a pass that share it (a DPO pair's), or kept from an earlier pass (a steer adapter acting
+    on completion positions only leaves prompts as the base model computes them).
     """
 
     steps: int
@@ -314,8 +314,9 @@ def training_shortcuts(model, peft_config: PeftConfig | None, *,
                        cache_below_site: bool = True) -> Iterator[ReplayCounts]:
     """The exact shortcuts every steerft training run takes, around building the trainer and training:
     a steer adapter at block L >= 1 runs blocks 0..L-1 once per row (`BelowSiteCache`; the blocks
-    below cannot change) and, when it acts on completion positions only, each prompt once (prompts
-    stay the base model's), and TRL's fused LM head scores labelled positions only on CPU
+    below cannot change) and a prompt once for the rows of a pass that share it (once per run when
+    it acts on completion positions only: prompts stay the base model's), and TRL's fused LM head
+    scores labelled positions only on CPU
     (`fused_head_on_labels_only`). Yields the cache's counts (all zero without a cache)."""
     site = steer_site(model, peft_config) if cache_below_site else None
     cache = BelowSiteCache(model, *site) if site is not None else contextlib.nullcontext()
