@@ -26,9 +26,10 @@ SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
 **Prompts once, too.** Rows that share a prompt (a DPO pair's chosen and rejected rows) compute
 it alike, so a pass runs each distinct prompt once, left-padded, from the site up (through every
 block in the first pass over the rows, which fills the cache), and then each row's labelled part
-(from its first label to its last real token) on top of its prompt's keys and values, right-padded: the model's own masks, rotary embeddings and cache classes
-(a sliding window's included), position ids as in the full pass; the stack's output is put back
-together at the pass's full width, and gradients reach the vector through both. When every steer
+(from its first label to its last real token) on top of its prompt's keys and values,
+right-padded: the model's own masks, rotary embeddings and cache classes (a sliding window's
+included), position ids as in the full pass; the stack's output is put back together at the
+pass's full width, and gradients reach the vector through both. When every steer
 vector acts on completion positions only (the labelled tokens) and nothing else in the stack
 trains, adapts or drops out, a prompt is the base model's at every block and every step: the first
 pass over it keeps its keys and values from block L up and the stack's output there (through a KV
@@ -271,8 +272,7 @@ class BelowSiteCache:
         """Each distinct prompt once (kept, or run first here, left-padded), then each row's labelled
         part right-padded on top of its prompt's keys and values, position ids and steered tokens as
         in the full pass; the stack's output put back together at the pass's full width."""
-        split = self._split
-        kwargs = dict(kwargs)
+        split, kwargs = self._split, dict(kwargs)
         ids = kwargs.pop("input_ids") if "input_ids" in kwargs else args[0]
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
@@ -292,9 +292,17 @@ class BelowSiteCache:
                 self._keep_prompts(cache, [_Place(p, g, width - len(p[0]), width) for g, p in enumerate(distinct)],
                                    prompt_out)
         cache.batch_select_indices(group)
+        parts = list(zip(split.splits, (len(key[0]) for key in split.keys)))  # (first label, end) per row
+        output = self._run_parts(forward, kwargs, ids, mask, parts, cache, prompt_mask[group])
+        if split.states is None:
+            self._store_split_rows(split, parts, group.tolist(), width)
+        output.last_hidden_state = _put_together(prompt_out[group], output.last_hidden_state, parts, ids.shape[1])
+        return output
 
-        ends = [len(key[0]) for key in split.keys]
-        parts = [(start, end) for start, end in zip(split.splits, ends)]
+    def _run_parts(self, forward: Callable, kwargs: dict, ids: torch.Tensor, mask: torch.Tensor,
+                   parts: list[tuple[int, int]], cache: DynamicCache, prompt_mask: torch.Tensor):
+        """One pass over each row's labelled part, right-padded, on top of its prompt in `cache`."""
+        split = self._split
         part_ids = _right_aligned([ids[row, start:end] for row, (start, end) in enumerate(parts)])
         part_mask = _right_aligned([mask[row, start:end] for row, (start, end) in enumerate(parts)])
         steered = _right_aligned([split.labelled[row, start:end] for row, (start, end) in enumerate(parts)])
@@ -302,18 +310,10 @@ class BelowSiteCache:
             self._replay = _right_aligned([split.states[row][start:end] for row, (start, end) in enumerate(parts)])
         columns = torch.tensor(split.splits, device=ids.device)[:, None] + torch.arange(part_ids.shape[1],
                                                                                           device=ids.device)
-        self._begin_positions(steered, width)
+        self._begin_positions(steered, prompt_mask.shape[1])
         output = forward(**{**kwargs, "input_ids": part_ids, "position_ids": columns, self._cache_arg: cache,
-                            "attention_mask": torch.cat([prompt_mask[group], part_mask], dim=1)})
+                            "attention_mask": torch.cat([prompt_mask, part_mask], dim=1)})
         self._replay = None
-        if split.states is None:
-            self._store_split_rows(split, parts, group.tolist(), width)
-        full = []
-        for row, ((start, end), index) in enumerate(zip(parts, group.tolist())):
-            after = output.last_hidden_state.new_zeros((ids.shape[1] - end, output.last_hidden_state.shape[-1]))
-            full.append(torch.cat([prompt_out[index, width - start:].to(after.dtype),
-                                   output.last_hidden_state[row, : end - start], after]))
-        output.last_hidden_state = torch.stack(full)
         return output
 
     def _run_prompts(self, forward: Callable, kwargs: dict, ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -459,6 +459,18 @@ class BelowSiteCache:
             if self.stack.training and _drops_out(module):
                 return False
         return not any(p.requires_grad for module in below for p in module.parameters(recurse=False))
+
+
+def _put_together(prompts: torch.Tensor, parts: torch.Tensor, spans: list[tuple[int, int]],
+                  width: int) -> torch.Tensor:
+    """(rows, width, hidden): each row's prompt output (left-aligned in `prompts`), its labelled part's,
+    zeros after its last real token."""
+    rows = []
+    for row, (start, end) in enumerate(spans):
+        after = parts.new_zeros((width - end, parts.shape[-1]))
+        rows.append(torch.cat([prompts[row, prompts.shape[1] - start:].to(parts.dtype), parts[row, : end - start],
+                               after]))
+    return torch.stack(rows)
 
 
 def _left_aligned(per_row: list[torch.Tensor], width: int) -> torch.Tensor:
