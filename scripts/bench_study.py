@@ -37,8 +37,9 @@ positions only (`fused_head_on_labels_only`), references precomputed once
 (`steerft.training.reference_defaults`), the multipliers replayed from block 14
 (`select.multipliers_on`) and the chosen one on test (`evaluate.replayed_preference`), both from
 base records kept in a study context built inside the timed run (a study of this one point pays
-for them). Both sides score multiplier 0 ("don't steer") too; only the fast side also measures
-each multiplier's side effects (KL, cross-entropy), as the study does, so its ratio is a lower bound. Its last line reads `trained_point_speedup=Z`.
+for them, so its ratio is a lower bound for a point of a larger study). Both sides score multiplier
+0 ("don't steer") too, and neither measures side effects (no caps are set). Its last line reads
+`trained_point_speedup=Z`.
 
 `--profile-point` runs the `none` and a `caa` point of a real study (`dialogues`, n = 8, layers
 {6, 12, 18} x multipliers {1, 2}, 16 validation and 100 test items, judge off) and prints, per
