@@ -316,8 +316,8 @@ def training_shortcuts(model, peft_config: PeftConfig | None, *,
     a steer adapter at block L >= 1 runs blocks 0..L-1 once per row (`BelowSiteCache`; the blocks
     below cannot change) and a prompt once for the rows of a pass that share it (once per run when
     it acts on completion positions only: prompts stay the base model's), and TRL's fused LM head
-    scores labelled positions only on CPU
-    (`fused_head_on_labels_only`). Yields the cache's counts (all zero without a cache)."""
+    scores labelled positions only on CPU (`fused_head_on_labels_only`). Yields the cache's counts
+    (all zero without a cache)."""
     site = steer_site(model, peft_config) if cache_below_site else None
     cache = BelowSiteCache(model, *site) if site is not None else contextlib.nullcontext()
     with cache, fused_head_on_labels_only():
