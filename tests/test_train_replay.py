@@ -17,7 +17,7 @@ from steerft import SteerConfig
 from steerft.data import PromptFormatter, load_behaviour, split_items, training_subset
 from steerft.testing import tiny_model
 from steerft.training import fit_measured, training_rows
-from steerft.tuner import block_list
+from steerft.tuner import block_list, hidden_of
 from steerft.tuner.below_site import PROMPT_BYTES, BelowSiteCache, steer_site
 
 pytestmark = pytest.mark.usefixtures("offline_wandb")
@@ -36,16 +36,17 @@ def _model(arch: str):
 
 
 class BlockRuns:
-    """Counts real runs of blocks below the site: a hook on a module inside the block fires only
-    when the block's own forward runs."""
+    """Counts real runs of blocks below the site, and the token positions they ran: a hook on a module
+    inside the block fires only when the block's own forward runs."""
 
     def __init__(self, model, below: int = SITE) -> None:
-        self.calls = 0
+        self.calls = self.tokens = 0
         blocks = block_list(model.get_base_model() if hasattr(model, "get_base_model") else model)
         self.handles = [next(iter(block.children())).register_forward_hook(self._count) for block in blocks[:below]]
 
-    def _count(self, *args) -> None:
+    def _count(self, module, args, output) -> None:
         self.calls += 1
+        self.tokens += hidden_of(output).shape[:2].numel()
 
 
 # --------------------------------------------------------------------------- whole TRL runs
@@ -69,7 +70,7 @@ def _trl_run(arch: str, method: str, cache: bool, tmp_path, positions: str = "al
                                    args={"output_dir": str(tmp_path), "num_train_epochs": 2, "use_cpu": True,
                                          "bf16": False, "per_device_train_batch_size": 2, "learning_rate": 0.05},
                                    callbacks=[losses], cache_below_site=cache)
-    return trained.get_vectors()[SITE], losses.losses, budget, runs.calls
+    return trained.get_vectors()[SITE], losses.losses, budget, runs
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -82,9 +83,11 @@ def test_trl_training_with_the_cache_equals_training_without(arch, method, posit
     assert losses == pytest.approx(plain_losses, abs=1e-5)
     torch.testing.assert_close(vector, plain_vector, rtol=0, atol=1e-5)
     # The blocks below the site ran in the first pass over the rows only: SFT's first epoch, DPO's
-    # reference precompute (same rows), so DPO trains entirely from the cache. A DPO batch's pairs share
-    # their prompts, so there they ran twice per batch: over the distinct prompts, then the replies.
-    assert ran == (3 if method == "sft" else 6) * SITE and plain_ran > ran
+    # reference precompute (same rows), so DPO trains entirely from the cache. They ran twice per batch
+    # where prompts run apart from the replies: a DPO batch's pairs share theirs, and steering completions
+    # only, SFT's prompts run without gradients.
+    split = method == "dpo" or positions == "completion"
+    assert ran.calls == (6 if split else 3) * SITE and plain_ran.tokens > ran.tokens
     assert budget.tokens_replayed == (budget.tokens_forward // 2 if method == "sft" else budget.tokens_backward)
     assert plain_budget.tokens_replayed == plain_budget.tokens_prompt_reused == 0
     # Prompt positions that ran no block: steering completions only, every replayed pass's prompts (kept);
@@ -350,11 +353,16 @@ def _first_labels(batch: dict) -> int:
 
 
 class TopBlockWidths:
-    """The number of columns the last block runs in each pass."""
+    """The number of columns the last block runs in each pass, and whether its output carries gradients."""
 
     def __init__(self, model) -> None:
         self.widths: list[int] = []
-        block_list(model)[-1].register_forward_pre_hook(lambda module, args: self.widths.append(args[0].shape[1]))
+        self.with_grad: list[bool] = []
+        block_list(model)[-1].register_forward_hook(self._record)
+
+    def _record(self, module, args, output) -> None:
+        self.widths.append(args[0].shape[1])
+        self.with_grad.append(hidden_of(output).requires_grad)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
@@ -388,15 +396,18 @@ def test_prompts_run_once_and_training_stays_the_same(arch, padding_side, positi
     # Left padding puts one prompt at other columns (positions) in rows of other lengths: nothing to share there.
     assert (sum(reused) > 0) is (kept or padding_side == "right")
     # The last block runs a split pass as its distinct prompts (unless kept) then its labelled parts, each
-    # narrower than the batch; a pass that shares and keeps nothing runs whole rows.
+    # narrower than the batch; a pass that shares and keeps nothing runs whole rows. Steering completions
+    # only, the prompts run without gradients (nothing that trains reaches them), even where no row shares one.
     expected = []
     for i, (batch, saved) in enumerate(zip(batches, reused)):
         full = batch["input_ids"].shape[1]
-        runs = 0 if not saved else 1 if kept and i >= 2 else 2
-        expected += [(None, full)] * runs if runs else [(full, full)]
+        if kept:
+            expected += [(None, full, True)] if i >= 2 else [(None, full, False), (None, full, True)]
+        else:
+            expected += [(None, full, True)] * 2 if saved else [(full, full, True)]
     assert len(top.widths) == len(expected)
-    assert all(width == exact if exact is not None else width < full
-               for width, (exact, full) in zip(top.widths, expected))
+    assert all((width == exact if exact is not None else width < full) and grad is with_grad
+               for width, grad, (exact, full, with_grad) in zip(top.widths, top.with_grad, expected))
 
 
 @pytest.mark.parametrize("positions", ["all", "completion"])

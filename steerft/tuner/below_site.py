@@ -31,9 +31,11 @@ right-padded: the model's own masks, rotary embeddings and cache classes (a slid
 included), position ids as in the full pass; the stack's output is put back together at the
 pass's full width, and gradients reach the vector through both. When every steer
 vector acts on completion positions only (the labelled tokens) and nothing else in the stack
-trains, adapts or drops out, a prompt is the base model's at every block and every step: the first
-pass over it keeps its keys and values from block L up and the stack's output there (through a KV
-cache), and later passes run only the labelled parts. Kept prompts cost about 2 x (blocks from L)
+trains, adapts or drops out, a prompt is the base model's at every block and every step: every pass
+runs it apart from the labelled parts and without gradients (nothing that trains reaches it, so the
+backward pass skips its columns, even for SFT rows whose prompts are their own), the first pass over
+it keeps its keys and values from block L up and the stack's output there, and later passes run only
+the labelled parts. Kept prompts cost about 2 x (blocks from L)
 x key/value width x tokens each, e.g. 4 MB for a 165-token prompt at block 14 of SmolLM2-135M; new
 ones stop being kept at `prompt_bytes`, and a model whose cache keeps fewer columns than the pass
 (a sliding window shorter than the rows) keeps none. Prompts are not shared while dropout is on
@@ -42,6 +44,7 @@ in the stack (rows would draw their own masks) nor under an explicit `steer_mask
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +114,7 @@ class _Split:
     splits: list[int]  # each row's first labelled column
     labelled: torch.Tensor  # the pass's labelled columns (the steer layers' completion positions)
     kept: bool  # the prompts come from the kept ones
-    keep: bool  # the prompts run here may be kept
+    unsteered: bool  # the prompts are the base model's: run without gradients, and may be kept
 
 
 class BelowSiteCache:
@@ -141,7 +144,6 @@ class BelowSiteCache:
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"  # transformers 5 renamed it
         self._pending: list[RowKey] | None = None  # a filling pass: the rows to store from block L-1's output
         self._replay: torch.Tensor | None = None  # a replaying pass: what the blocks below hand to block L
-        self._capture: tuple[DynamicCache, list[_Place]] | None = None  # prompts to keep from this pass
         self._split: _Split | None = None  # a pass over the labelled parts only
         self._entering: list[torch.Tensor] | None = None  # a filling split pass: each stage's states entering L
         self._handles: list = []
@@ -184,7 +186,7 @@ class BelowSiteCache:
         return forward_or_split
 
     def _forget_pass(self) -> None:
-        self._pending = self._replay = self._capture = self._split = self._entering = None
+        self._pending = self._replay = self._split = self._entering = None
 
     # ------------------------------------------------------------------ one pass of the block stack
 
@@ -197,7 +199,7 @@ class BelowSiteCache:
             return None
         splits = self._prompt_splits(len(keys), kwargs)
         prompts = None if splits is None else [(key[0][:split], key[1][:split]) for key, split in zip(keys, splits)]
-        keepable = prompts is not None and self._only_completions_change()
+        unsteered = prompts is not None and self._only_completions_change()
         known = [self.rows.get(key) for key in keys]
         filling = any(states is None for states in known)
         if filling:
@@ -205,10 +207,11 @@ class BelowSiteCache:
         else:
             self.counts.replayed_passes += 1
             self.counts.replayed_tokens += ids.numel()
-        kept = not filling and keepable and all(prompt in self.prompts for prompt in prompts)
-        if kept or (prompts is not None and len(set(prompts)) < len(prompts) and self._prompts_shared_alike()):
+        kept = not filling and unsteered and all(prompt in self.prompts for prompt in prompts)
+        shared = prompts is not None and len(set(prompts)) < len(prompts) and self._prompts_shared_alike()
+        if unsteered or shared:
             labelled = self._site_positions().pending_completion.to(ids.device)
-            self._split = _Split(keys, None if filling else known, prompts, splits, labelled, kept, keepable)
+            self._split = _Split(keys, None if filling else known, prompts, splits, labelled, kept, unsteered)
             run = 0 if kept else sum(len(prompt[0]) for prompt in set(prompts))
             self.counts.prompt_tokens_reused += sum(splits) - run
             return None
@@ -216,14 +219,10 @@ class BelowSiteCache:
             self._pending = keys
         else:
             self._replay = _right_aligned(known, ids.shape[1])  # zeros in the masked columns after a row's text
-        return self._capturing(prompts, splits, args, kwargs) if keepable else None
+        return None
 
     def _end_pass(self, module: nn.Module, args: tuple, output) -> None:
-        try:
-            if output is not None and self._capture is not None:  # None: the pass raised
-                self._keep_prompts(*self._capture, output.last_hidden_state)
-        finally:
-            self._forget_pass()
+        self._forget_pass()
 
     def _store(self, block: nn.Module, args: tuple, output) -> None:
         if self._entering is not None:
@@ -236,15 +235,6 @@ class BelowSiteCache:
         self._pending = None
 
     # ------------------------------------------------------------------ prompts kept across passes
-
-    def _capturing(self, prompts: list[RowKey], splits: list[int], args: tuple, kwargs: dict):
-        """Run this pass with a fresh KV cache when it can leave prompts worth keeping."""
-        if self._prompt_total() >= self.prompt_bytes or all(p in self.prompts for p in prompts):
-            return None
-        cache = DynamicCache(config=self.model.config)
-        self._capture = (cache, [_Place(prompt, row, 0, split)
-                                 for row, (prompt, split) in enumerate(zip(prompts, splits))])
-        return args, {**kwargs, self._cache_arg: cache}
 
     def _prompt_total(self) -> int:
         return sum(prompt.nbytes for prompt in self.prompts.values())
@@ -288,7 +278,7 @@ class BelowSiteCache:
         else:
             cache = DynamicCache(config=self.model.config)
             prompt_out = self._run_prompts(forward, kwargs, ids, prompt_mask, distinct, first_row, split, cache)
-            if split.keep:
+            if split.unsteered:
                 self._keep_prompts(cache, [_Place(p, g, width - len(p[0]), width) for g, p in enumerate(distinct)],
                                    prompt_out)
         cache.batch_select_indices(group)
@@ -329,8 +319,9 @@ class BelowSiteCache:
         columns = (torch.arange(width, device=ids.device)
                    - torch.tensor([width - len(p[0]) for p in distinct], device=ids.device)[:, None]).clamp(min=0)
         self._begin_positions(torch.zeros_like(prompt_mask, dtype=torch.bool), 0)
-        output = forward(**{**kwargs, "input_ids": prompt_ids, "attention_mask": prompt_mask, "position_ids": columns,
-                            self._cache_arg: cache})
+        with torch.no_grad() if split.unsteered else contextlib.nullcontext():  # nothing that trains reaches them
+            output = forward(**{**kwargs, "input_ids": prompt_ids, "attention_mask": prompt_mask,
+                                "position_ids": columns, self._cache_arg: cache})
         if split.states is not None:
             self._replay = None
             self._zeros_below_site(cache, len(distinct), width)
