@@ -24,7 +24,8 @@ every 10th layer × 5 multipliers on 1 item, the point to 3 candidates on 2 vali
 items (about the full point's ratio of candidate to test work). The full run is all 30 layers ×
 5 multipliers on 128 items, and 9 candidates on 16 validation + 100 test items. The last line reads
 `sweep_speedup=X point_speedup=Y` (Y: per point, records shared). Both checks also print the
-largest difference in log-probs.
+largest difference in log-probs. `--point-only` skips the sweep (the full one takes hours on the
+plain side) and ends with `point_speedup=Y`.
 
 `--trained` times a trained-vector point instead (steer-dpo, steering `--positions`): a vector
 trained with DPO at block 14 on `--train-items` items for `--epochs` epochs (batch 4), its
@@ -214,6 +215,7 @@ def profile_point() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, every 10th layer (under 5 minutes)")
+    parser.add_argument("--point-only", action="store_true", help="time the point, not the sweep")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -274,7 +276,7 @@ def main() -> None:
 
     sweep_pairs = scorable.pairs(items[-sweep_items:])
     grid = [Steering(layer, vectors[layer], m, pos) for layer in sweep_layers for m in multipliers]
-    sweep = compare(
+    sweep = None if args.point_only else compare(
         "sweep", args.rounds,
         lambda: torch.stack([margins(plain_logprobs(model, tokenizer, sweep_pairs, s, bs)) for s in grid]),
         lambda: margins(site_logprobs(model, rows_of(tokenizer, sweep_pairs), grid, batch_size=bs, pad=pad)))
@@ -309,7 +311,7 @@ def main() -> None:
     plain_s, fast_s = point
     print(f"point per point (records shared): {plain_s / fast_s:.2f}x; a study of one point (records included): "
           f"{plain_s / (fast_s + statistics.median(record_times)):.2f}x")
-    print(f"sweep_speedup={sweep[0] / sweep[1]:.2f} point_speedup={plain_s / fast_s:.2f}")
+    print(("" if sweep is None else f"sweep_speedup={sweep[0] / sweep[1]:.2f} ") + f"point_speedup={plain_s / fast_s:.2f}")
 
 
 if __name__ == "__main__":
