@@ -37,10 +37,11 @@ path now: the blocks below block 14 run once per row (`BelowSiteCache`), the LM 
 positions only (`fused_head_on_labels_only`), references precomputed once
 (`steerft.training.reference_defaults`), the multipliers replayed from block 14
 (`select.multipliers_on`) and the chosen one on test (`evaluate.replayed_preference`), both from
-base records kept in a study context built inside the timed run (a study of this one point pays
-for them, so its ratio is a lower bound for a point of a larger study). Both sides score multiplier
-0 ("don't steer") too, and neither measures side effects (no caps are set). Its last line reads
-`trained_point_speedup=Z`.
+the base records a study keeps for all its points (built once, timed apart as `records`, as for
+the extracted-vector point). It prints the per-point ratio (what a point costs in a study whose
+records exist) and the ratio with the records' cost included (a study of this one point). Both
+sides score multiplier 0 ("don't steer") too, and neither measures side effects (no caps are set).
+Its last line reads `trained_point_speedup=Z` (Z: per point, records shared).
 
 `--profile-point` runs the `none` and a `caa` point of a real study (`dialogues`, n = 8, layers
 {6, 12, 18} x multipliers {1, 2}, 16 validation and 100 test items, judge off) and prints, per
@@ -75,7 +76,7 @@ from steerft.metrics.logprobs import completion_logprobs
 from steerft.metrics.site_cache import Steering, record_base, site_logprobs
 from steerft.models import load_model
 from steerft.study import select
-from steerft.study.context import StudyContext, StudyData
+from steerft.study.context import StudyContext, StudyData, base_record
 from steerft.study.evaluate import replayed_preference
 from steerft.study.scorable import Scorable, steered
 from steerft.training import fit, training_rows
@@ -126,24 +127,22 @@ def compare(name: str, rounds: int, plain, fast) -> tuple[float, float]:
     return p, f
 
 
-def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast: bool, epochs: int,
-                  batch_size: int, positions: str) -> torch.Tensor:
-    """Train a steer-dpo vector, choose its multiplier on validation, score the test items: the margins.
+def trained_point(ctx: StudyContext, *, fast: bool, epochs: int) -> torch.Tensor:
+    """Train a steer-dpo vector on `ctx`'s training items, choose its multiplier on validation, score the
+    test items: the margins.
 
-    The fast path is a study's: validation and test replayed from base records kept in a study
-    context (built here, inside the timed run: a study of this one point)."""
+    The fast path is a study's: validation and test replayed from the base records kept in `ctx`
+    (already there: a point of a study that has built them; or built here: a study of this one point)."""
+    model, tokenizer, positions = ctx.model, ctx.tokenizer, ctx.config.positions
     fmt = PromptFormatter(tokenizer)
-    test_pairs = Scorable(model, fmt).pairs(test_items)
+    test_pairs = Scorable(model, fmt).pairs(ctx.data.test)
     every_position = contextlib.nullcontext() if fast else mock.patch(
         "steerft.training.fused_head_on_labels_only", contextlib.nullcontext)  # TRL's own CPU head
     with tempfile.TemporaryDirectory() as scratch, every_position:
-        trained = fit(copy.deepcopy(model), tokenizer, training_rows("dpo", train_items, fmt), method="dpo",
+        trained = fit(copy.deepcopy(model), tokenizer, training_rows("dpo", ctx.data.train, fmt), method="dpo",
                       peft_config=SteerConfig(layers=[TRAINED_LAYER], positions=positions), cache_below_site=fast,
                       args=dict(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=4, seed=0,
                                 disable_tqdm=True, logging_steps=1000, precompute_ref_log_probs=fast)).eval()
-    config = SimpleNamespace(positions=positions, select_caps={}, eval=SimpleNamespace(batch_size=batch_size))
-    ctx = StudyContext(config, model, tokenizer, StudyData(train_items, val_items, test_items, None), [], [], [], [],
-                       [TRAINED_LAYER], [TRAINED_LAYER])
     if fast:
         candidates = select.multipliers_on(ctx, trained, fmt, TRAINED_LAYER, TRAINED_MULTIPLIERS)
     else:
@@ -155,8 +154,23 @@ def trained_point(model, tokenizer, train_items, val_items, test_items, *, fast:
     best = max(candidates, key=lambda c: c.val_mean_margin)
     with trained.using_multiplier(best.multiplier):
         replayed = replayed_preference(ctx, trained, "test", test_pairs) if fast else None
-        test = (replayed or preference(trained, tokenizer, test_pairs, batch_size=batch_size)).margins
+        test = (replayed or preference(trained, tokenizer, test_pairs, batch_size=ctx.config.eval.batch_size)).margins
     return torch.tensor([c.val_mean_margin for c in candidates] + test.tolist())
+
+
+def trained_study(model, tokenizer, train_items, val_items, test_items, *, positions: str,
+                  batch_size: int) -> StudyContext:
+    """A study context for the trained point: its data, the trained layer, no side-effect caps."""
+    config = SimpleNamespace(positions=positions, select_caps={}, eval=SimpleNamespace(batch_size=batch_size))
+    return StudyContext(config, model, tokenizer, StudyData(train_items, val_items, test_items, None), [], [], [], [],
+                        [TRAINED_LAYER], [TRAINED_LAYER])
+
+
+def with_records(ctx: StudyContext) -> StudyContext:
+    """`ctx` with the validation and test records a study keeps for every point (built here)."""
+    for split in ("val", "test"):
+        base_record(ctx, split)
+    return ctx
 
 
 def plain_kl(model, tokenizer, prompts, continuations, batch_size: int) -> float:
@@ -254,10 +268,25 @@ def main() -> None:
               f"steer-dpo at block {TRAINED_LAYER}: {len(train)} items x "
               f"{args.epochs} epochs, multipliers {TRAINED_MULTIPLIERS} on {len(val)} validation items, "
               f"{len(test)} test items", flush=True)
-        run = lambda fast: trained_point(model, tokenizer, train, val, test,  # noqa: E731
-                                         fast=fast, epochs=args.epochs, batch_size=args.batch_size,
-                                         positions=args.positions)
-        speedup = compare("trained point", args.rounds, lambda: run(False), lambda: run(True))
+        study = lambda: trained_study(model, tokenizer, train, val, test,  # noqa: E731
+                                      positions=args.positions, batch_size=args.batch_size)
+        record_times = []
+        for _ in range(args.rounds):
+            seconds, recorded = timed(lambda: with_records(study()))
+            record_times.append(seconds)
+        kept = recorded.base_memo
+        print(f"records (val + test, once per study): {statistics.median(record_times):.1f} s "
+              f"({', '.join(f'{t:.1f}' for t in record_times)})", flush=True)
+
+        def fast():  # a point of a study whose records exist: a fresh context holding only them
+            ctx = study()
+            ctx.base_memo.update(kept)
+            return trained_point(ctx, fast=True, epochs=args.epochs)
+
+        speedup = compare("trained point", args.rounds, lambda: trained_point(study(), fast=False, epochs=args.epochs),
+                          fast)
+        print(f"trained point per point (records shared): {speedup[0] / speedup[1]:.2f}x; a study of one point "
+              f"(records included): {speedup[0] / (speedup[1] + statistics.median(record_times)):.2f}x")
         print(f"trained_point_speedup={speedup[0] / speedup[1]:.2f}")
         return
     sweep_items, val_items, test_items = (1, 2, 4) if args.quick else (128, 16, 100)
