@@ -23,23 +23,23 @@ the bare model instead must not place one after a row's last real token.
 Memory: one (tokens, hidden size) tensor per distinct row, e.g. 256 x 576 float32 = 0.6 MB for
 SmolLM2-135M, so 512 preference pairs (two rows each) hold about 0.6 GB at most.
 
-**Prompts once, too.** Rows that share a prompt (a DPO pair's chosen and rejected rows) compute
-it alike, so a pass runs each distinct prompt once, left-padded, from the site up (through every
-block in the first pass over the rows, which fills the cache), and then each row's labelled part
-(from its first label to its last real token) on top of its prompt's keys and values,
-right-padded: the model's own masks, rotary embeddings and cache classes (a sliding window's
-included), position ids as in the full pass; the stack's output is put back together at the
-pass's full width, and gradients reach the vector through both. When every steer
-vector acts on completion positions only (the labelled tokens) and nothing else in the stack
-trains, adapts or drops out, a prompt is the base model's at every block and every step: every pass
-runs it apart from the labelled parts and without gradients (nothing that trains reaches it, so the
-backward pass skips its columns, even for SFT rows whose prompts are their own), the first pass over
-it keeps its keys and values from block L up and the stack's output there, and later passes run only
-the labelled parts. Kept prompts cost about 2 x (blocks from L)
-x key/value width x tokens each, e.g. 4 MB for a 165-token prompt at block 14 of SmolLM2-135M; new
-ones stop being kept at `prompt_bytes`, and a model whose cache keeps fewer columns than the pass
-(a sliding window shorter than the rows) keeps none. Prompts are not shared while dropout is on
-in the stack (rows would draw their own masks) nor under an explicit `steer_mask`.
+**Prompts once, too.** Rows that share a prompt (a DPO pair's chosen and rejected rows) compute it
+alike, so a pass runs each distinct prompt once, left-padded, from the site up (through every block
+in the first pass over the rows, which fills the cache), and then each row's labelled part (from its
+first label to its last real token) on top of its prompt's keys and values, right-padded: the
+model's own masks, rotary embeddings and cache classes (a sliding window's included), position ids
+as in the full pass; the stack's output is put back together at the pass's full width, and gradients
+reach the vector through both. When every steer vector acts on completion positions only (the
+labelled tokens) and nothing else in the stack trains, adapts or drops out, a prompt is the base
+model's at every block and every step: every pass runs it apart from the labelled parts and without
+gradients (nothing that trains reaches it, so the backward pass skips its columns, even for SFT rows
+whose prompts are their own), the first pass over it keeps its keys and values from block L up and
+the stack's output there, and later passes run only the labelled parts. Kept prompts cost about 2 x
+(blocks from L) x key/value width x tokens each, e.g. 4 MB for a 165-token prompt at block 14 of
+SmolLM2-135M; new ones stop being kept at `prompt_bytes`, and a model whose cache keeps fewer
+columns than the pass (a sliding window shorter than the rows) keeps none. Prompts are not shared
+while dropout is on in the stack (rows would draw their own masks) nor under an explicit
+`steer_mask`.
 """
 
 from __future__ import annotations
