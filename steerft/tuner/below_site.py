@@ -94,16 +94,6 @@ class _Prompt:
 
 
 @dataclass
-class _Place:
-    """Where a prompt lies in a pass's KV cache and output: a row and its columns."""
-
-    prompt: RowKey
-    row: int
-    start: int
-    stop: int
-
-
-@dataclass
 class _Split:
     """A pass to run as each row's labelled part (from its first label to its last real token) on top
     of its prompt, each distinct prompt once: kept from an earlier pass, or run first in this one."""
@@ -236,24 +226,23 @@ class BelowSiteCache:
 
     # ------------------------------------------------------------------ prompts kept across passes
 
-    def _prompt_total(self) -> int:
-        return sum(prompt.nbytes for prompt in self.prompts.values())
-
-    def _keep_prompts(self, cache: DynamicCache, places: list[_Place], output: torch.Tensor) -> None:
-        """Keep the prompts at `places` of a pass's KV cache and stack output, within `prompt_bytes`."""
+    def _keep_prompts(self, cache: DynamicCache, distinct: list[RowKey], output: torch.Tensor) -> None:
+        """Keep the prompts of a pass over `distinct` (left-aligned, one per row) from its KV cache and stack
+        output, within `prompt_bytes`."""
         above = cache.layers[self.layer: len(self.blocks)]
-        if not all(isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.shape[-2] == output.shape[1]
+        width = output.shape[1]
+        if not all(isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.shape[-2] == width
                    for layer in above):
             return  # this cache kept fewer columns than the pass (a sliding window): nothing to reuse
-        total = self._prompt_total()
-        for place in places:
-            if place.prompt in self.prompts or total >= self.prompt_bytes:
+        total = sum(prompt.nbytes for prompt in self.prompts.values())
+        for row, prompt in enumerate(distinct):
+            if prompt in self.prompts or total >= self.prompt_bytes:
                 continue
-            columns = slice(place.start, place.stop)
-            kept = _Prompt([layer.keys[place.row, :, columns].detach().clone() for layer in above],
-                           [layer.values[place.row, :, columns].detach().clone() for layer in above],
-                           output[place.row, columns].detach().clone())
-            self.prompts[place.prompt] = kept
+            columns = slice(width - len(prompt[0]), width)
+            kept = _Prompt([layer.keys[row, :, columns].detach().clone() for layer in above],
+                           [layer.values[row, :, columns].detach().clone() for layer in above],
+                           output[row, columns].detach().clone())
+            self.prompts[prompt] = kept
             total += kept.nbytes
 
     # ------------------------------------------------------------------ a pass over the labelled parts
@@ -279,8 +268,7 @@ class BelowSiteCache:
             cache = DynamicCache(config=self.model.config)
             prompt_out = self._run_prompts(forward, kwargs, ids, prompt_mask, distinct, first_row, split, cache)
             if split.unsteered:
-                self._keep_prompts(cache, [_Place(p, g, width - len(p[0]), width) for g, p in enumerate(distinct)],
-                                   prompt_out)
+                self._keep_prompts(cache, distinct, prompt_out)
         cache.batch_select_indices(group)
         parts = list(zip(split.splits, (len(key[0]) for key in split.keys)))  # (first label, end) per row
         output = self._run_parts(forward, kwargs, ids, mask, parts, cache, prompt_mask[group])
