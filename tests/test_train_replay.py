@@ -348,8 +348,13 @@ def _prompted_batches(tokenizer, padding_side: str, epochs: int = 3) -> list[dic
     return batches
 
 
+def _label_starts(batch: dict) -> list[int]:
+    """Each row's first labelled column: the length of its prompt."""
+    return (batch["labels"] != -100).int().argmax(-1).tolist()
+
+
 def _first_labels(batch: dict) -> int:
-    return int((batch["labels"] != -100).int().argmax(-1).sum())
+    return sum(_label_starts(batch))
 
 
 class TopBlockWidths:
@@ -425,7 +430,7 @@ def _shared_prompt_tokens(batch: dict) -> int:
     """Prompt positions of a batch's rows beyond one run of each distinct prompt (ids and mask up to the first
     label)."""
     prompts = [(tuple(ids[:split].tolist()), tuple(mask[:split].tolist())) for ids, mask, split in
-               zip(batch["input_ids"], batch["attention_mask"], (batch["labels"] != -100).int().argmax(-1).tolist())]
+               zip(batch["input_ids"], batch["attention_mask"], _label_starts(batch))]
     return sum(len(ids) for ids, _ in prompts) - sum(len(ids) for ids, _ in set(prompts))
 
 
